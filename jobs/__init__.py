@@ -1,0 +1,1 @@
+"""What runs: the job framework, run history, built-in jobs and the job catalog."""

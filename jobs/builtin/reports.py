@@ -1,0 +1,17 @@
+"""Report jobs."""
+
+from __future__ import annotations
+
+from celery import current_task
+
+from jobs.framework import job
+from jobs.models import JobRun
+from jobs.reports import build_run_summary
+
+
+@job("reports.run_summary", queue="reports", soft_time_limit=240, hard_time_limit=300)
+def run_summary(window_hours: int = 24) -> dict:
+    """Per-job runs by status, failure rate, p50/p95 duration, worst lateness."""
+    run = JobRun.objects.filter(pk=current_task.request.id).first()
+    report = build_run_summary(window_hours, run=run)
+    return {"report": report.pk, "jobs": len(report.rows)}

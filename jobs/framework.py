@@ -1,0 +1,204 @@
+"""The ``@job`` decorator: a Celery task with a stable name, limits and a run record.
+
+A job is a plain function taking JSON arguments. ``@job`` turns it into a
+Celery task that:
+
+- has an explicit name (the string stored in schedules; renaming the Python
+  function does not orphan them), a default queue, default soft and hard time
+  limits, and a retry policy (exponential backoff with full jitter);
+- moves its ``JobRun`` to ``running`` with a conditional UPDATE before the job
+  body runs, so a redelivered message of a finished run is acknowledged and
+  ignored, and a message started after its deadline is recorded ``missed``;
+- records ``succeeded`` / ``failed`` / ``retrying`` / ``soft_timeout`` from the
+  child, and ``hard_timeout`` from the worker's main process (the child was
+  killed and cannot write);
+- sends failures and time limits to Sentry with tags ``job``, ``schedule``,
+  ``run``, ``scheduled_for`` and ``timeout`` (``soft`` or ``hard``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import sentry_sdk
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
+from celery.utils.time import get_exponential_backoff_interval
+from django.conf import settings
+from django.utils import timezone
+
+from jobs import runs
+from jobs.models import JobRun, RunStatus
+from scheduler.celery import app
+
+logger = logging.getLogger(__name__)
+
+CONTROL_FLOW = (Retry, Ignore, Reject)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the catalog publishes about a job."""
+
+    name: str
+    queue: str
+    soft_time_limit: int
+    hard_time_limit: int
+    max_retries: int
+    retry_backoff: int
+    retry_backoff_max: int
+    doc: str
+    parameters: list[dict[str, Any]] = field(default_factory=list)
+
+
+JOB_SPECS: dict[str, JobSpec] = {}
+
+
+def describe_parameters(fn: Callable[..., Any]) -> list[dict[str, Any]]:
+    """The function's signature as JSON, enough to check that arguments bind."""
+    return [
+        {
+            "name": p.name,
+            "kind": p.kind.name,
+            "required": p.default is inspect.Parameter.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD),
+        }
+        for p in inspect.signature(fn).parameters.values()
+    ]
+
+
+def run_tags(run: JobRun) -> dict[str, str]:
+    return {
+        "job": run.job,
+        "schedule": str(run.schedule_id or "manual"),
+        "run": str(run.pk),
+        "scheduled_for": run.scheduled_for.isoformat(),
+    }
+
+
+def report_to_sentry(run: JobRun, exc: BaseException, *, timeout: str | None = None) -> None:
+    """Send one event for a run that ended badly, tagged so it can be found by run."""
+    with sentry_sdk.new_scope() as scope:
+        for key, value in run_tags(run).items():
+            scope.set_tag(key, value)
+        if timeout:
+            scope.set_tag("timeout", timeout)
+            # Distinct issues for soft and hard limits of one job.
+            scope.fingerprint = ["time-limit", timeout, run.job]
+        scope.set_context("run", {"attempt": run.attempt, "worker": run.worker})
+        sentry_sdk.capture_exception(exc)
+
+
+class JobTask(Task):
+    """Base class of every job; see the module docstring for its guarantees."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    retry_backoff_seconds: int = 2
+    retry_backoff_max_seconds: int = 600
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly:
+            return self.run(*args, **kwargs)
+        delivery = request.delivery_info or {}
+        run = runs.start_run(
+            request.id,
+            job=self.name,
+            attempt=request.retries + 1,
+            worker=request.hostname or "",
+            args=args,
+            kwargs=kwargs,
+            queue=delivery.get("routing_key") or "",
+        )
+        if run is None:
+            logger.info("%s[%s]: finished, running elsewhere or expired; ignored", self.name, request.id)
+            return None
+        try:
+            result = self.run(*args, **kwargs)
+        except CONTROL_FLOW:
+            raise
+        except SoftTimeLimitExceeded as exc:
+            runs.finish_run(run, RunStatus.SOFT_TIMEOUT, error=runs.RunError.from_exception(exc))
+            report_to_sentry(run, exc, timeout="soft")
+            raise
+        except Exception as exc:
+            error = runs.RunError.from_exception(exc)
+            if request.retries < (self.max_retries or 0):
+                countdown = get_exponential_backoff_interval(
+                    factor=self.retry_backoff_seconds,
+                    retries=request.retries,
+                    maximum=self.retry_backoff_max_seconds,
+                    full_jitter=True,
+                )
+                runs.mark_retrying(run, error, timezone.now() + timedelta(seconds=countdown))
+                raise self.retry(exc=exc, countdown=countdown) from exc
+            runs.finish_run(run, RunStatus.FAILED, error=error)
+            report_to_sentry(run, exc)
+            raise
+        runs.finish_run(run, RunStatus.SUCCEEDED, result=result)
+        return result
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        """Runs in the worker's main process for a hard time limit."""
+        if isinstance(exc, TimeLimitExceeded):
+            run = runs.record_from_main_process(
+                task_id, RunStatus.HARD_TIMEOUT, runs.RunError.from_exception(exc)
+            )
+            if run is not None:
+                report_to_sentry(run, exc, timeout="hard")
+
+
+def job(
+    name: str,
+    *,
+    queue: str = "default",
+    soft_time_limit: int | None = None,
+    hard_time_limit: int | None = None,
+    max_retries: int = 0,
+    retry_backoff: int = 2,
+    retry_backoff_max: int = 600,
+) -> Callable[[Callable[..., Any]], JobTask]:
+    """Register ``fn`` as a job named ``name`` (stable: schedules store it).
+
+    Limits default to ``JOB_DEFAULT_SOFT_TIME_LIMIT`` / ``..._HARD_...``; the
+    hard limit must exceed the soft one, so the job can clean up first.
+    """
+    soft = soft_time_limit or settings.JOB_DEFAULT_SOFT_TIME_LIMIT
+    hard = hard_time_limit or settings.JOB_DEFAULT_HARD_TIME_LIMIT
+    if hard <= soft:
+        raise ValueError(f"job {name!r}: hard_time_limit ({hard}) must exceed soft ({soft})")
+
+    def decorate(fn: Callable[..., Any]) -> JobTask:
+        if name in JOB_SPECS:
+            raise ValueError(f"job name {name!r} is registered twice")
+        JOB_SPECS[name] = JobSpec(
+            name=name,
+            queue=queue,
+            soft_time_limit=soft,
+            hard_time_limit=hard,
+            max_retries=max_retries,
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            doc=inspect.getdoc(fn) or "",
+            parameters=describe_parameters(fn),
+        )
+        return app.task(
+            fn,
+            name=name,
+            base=JobTask,
+            queue=queue,
+            soft_time_limit=soft,
+            time_limit=hard,
+            max_retries=max_retries,
+            retry_backoff_seconds=retry_backoff,
+            retry_backoff_max_seconds=retry_backoff_max,
+        )
+
+    return decorate

@@ -1,0 +1,152 @@
+"""Run history, the job catalog and report records.
+
+``JobRun`` is the one record of a slot: beat inserts it (status ``queued``) in
+the same transaction that claims the slot, and its primary key is the Celery
+task id, so every later step (start, retry, time limit, worker loss) finds the
+same row. The unique constraint on (schedule, scheduled_for) is what makes a
+slot run once, whatever number of beats or restarts.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    SOFT_TIMEOUT = "soft_timeout", "soft timeout"
+    HARD_TIMEOUT = "hard_timeout", "hard timeout"
+    LOST = "lost"
+    SKIPPED = "skipped"
+    MISSED = "missed"
+
+
+# A run in one of these states will not change again; a redelivered message
+# for it is acknowledged and ignored.
+FINISHED_STATUSES = frozenset(
+    {
+        RunStatus.SUCCEEDED,
+        RunStatus.FAILED,
+        RunStatus.SOFT_TIMEOUT,
+        RunStatus.HARD_TIMEOUT,
+        RunStatus.LOST,
+        RunStatus.SKIPPED,
+        RunStatus.MISSED,
+    }
+)
+STARTABLE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RETRYING})
+ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RETRYING, RunStatus.RUNNING})
+
+
+class JobRun(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    schedule = models.ForeignKey(
+        "django_celery_beat.PeriodicTask",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="runs",
+        help_text="Empty for runs dispatched by hand or by another service.",
+    )
+    schedule_name = models.CharField(max_length=200, blank=True)
+    job = models.CharField(max_length=200)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    queue = models.CharField(max_length=200, blank=True)
+    soft_time_limit = models.PositiveIntegerField(null=True, blank=True)
+    hard_time_limit = models.PositiveIntegerField(null=True, blank=True)
+    scheduled_for = models.DateTimeField(help_text="The slot, in UTC.")
+    deadline = models.DateTimeField(
+        null=True, blank=True, help_text="Not started by then: the run is recorded as missed."
+    )
+    enqueued_at = models.DateTimeField(
+        null=True, blank=True, help_text="Empty while claimed but not yet published."
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    attempt = models.PositiveSmallIntegerField(default=0)
+    worker = models.CharField(max_length=255, blank=True)
+    error_type = models.CharField(max_length=255, blank=True)
+    error_message = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    result = models.JSONField(null=True, blank=True)
+    lateness_ms = models.IntegerField(
+        null=True, blank=True, help_text="Start minus scheduled time, in milliseconds."
+    )
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-scheduled_for"]
+        constraints = [
+            models.UniqueConstraint(fields=["schedule", "scheduled_for"], name="one_run_per_slot"),
+        ]
+        indexes = [
+            models.Index(fields=["-scheduled_for"], name="run_history"),
+            models.Index(fields=["schedule", "-scheduled_for"], name="run_by_schedule"),
+            models.Index(fields=["job", "-scheduled_for"], name="run_by_job"),
+            models.Index(fields=["status", "-scheduled_for"], name="run_by_status"),
+            # The outbox: claimed runs whose message has not reached the broker.
+            models.Index(
+                fields=["scheduled_for"],
+                name="run_outbox",
+                condition=Q(enqueued_at__isnull=True, status="queued"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job} @ {self.scheduled_for:%Y-%m-%d %H:%M:%S}Z [{self.status}]"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+class JobDefinition(models.Model):
+    """One job of the catalog, as the workers that serve it published it.
+
+    The admin and the API validate schedules against this table, so a web
+    process never imports worker code to know which jobs exist.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    queue = models.CharField(max_length=200)
+    parameters = models.JSONField(
+        default=list, help_text="The job's signature: [{name, kind, required}]."
+    )
+    soft_time_limit = models.PositiveIntegerField()
+    hard_time_limit = models.PositiveIntegerField()
+    max_retries = models.PositiveSmallIntegerField(default=0)
+    doc = models.TextField(blank=True)
+    published_by = models.CharField(max_length=255, blank=True)
+    last_published_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RunSummaryReport(models.Model):
+    """Per-job figures over a window, as the run-summary job computed them."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    rows = models.JSONField(default=list)
+    run = models.ForeignKey(JobRun, null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Run summary {self.window_start:%Y-%m-%d %H:%M} – {self.window_end:%Y-%m-%d %H:%M} UTC"

@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class SchedulerConfig(AppConfig):
+    name = "scheduler"
+    verbose_name = "Schedules"
+
+    def ready(self) -> None:
+        from scheduler import signals  # noqa: F401  (connects change tracking)
+        from settings import checks  # noqa: F401  (registers system checks)

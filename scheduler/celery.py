@@ -1,0 +1,51 @@
+"""The Celery application shared by web (send-only), worker and beat.
+
+Configured from Django settings (``CELERY_*``). A worker refuses to start with
+a pool that cannot enforce hard time limits: Celery enforces ``time_limit``
+only in the prefork pool, and a job that can run forever breaks the platform's
+guarantee that every run ends.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery, signals
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
+
+app = Celery("beatplatform")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(["jobs"], related_name="tasks")
+
+LIMIT_ENFORCING_POOLS = ("celery.concurrency.prefork",)
+
+
+class PoolCannotEnforceTimeLimits(SystemExit):
+    """Raised at worker start when the pool ignores hard time limits."""
+
+
+def check_pool_enforces_time_limits(pool_cls: object) -> None:
+    """Refuse pools other than prefork, with the fix in the message."""
+    module = getattr(pool_cls, "__module__", "") or ""
+    if isinstance(pool_cls, str):
+        module = pool_cls
+    if not module.startswith(LIMIT_ENFORCING_POOLS):
+        name = getattr(pool_cls, "__name__", pool_cls)
+        raise PoolCannotEnforceTimeLimits(
+            f"refusing to start: the worker pool {module}.{name} cannot enforce hard time "
+            "limits, so a hung job would never end. Start the worker with --pool=prefork "
+            "(the default); scale with --concurrency, not threads/gevent/eventlet/solo."
+        )
+
+
+@signals.worker_init.connect
+def _refuse_pools_without_time_limits(sender=None, **_kwargs) -> None:
+    check_pool_enforces_time_limits(sender.pool_cls)
+
+
+@signals.worker_ready.connect
+def _publish_job_catalog(sender=None, **_kwargs) -> None:
+    from jobs.catalog import publish_catalog
+
+    publish_catalog(worker=sender.hostname if sender else "")

@@ -1,0 +1,191 @@
+"""Django settings for the scheduled-jobs platform.
+
+Everything that varies between a laptop and production comes from the
+environment, read through :mod:`settings.env`. With nothing set, a fresh clone
+runs on SQLite (WAL mode) under ``var/`` and an embedded Redis server started by
+``manage.py runplatform``. Production sets ``DATABASE_URL``, ``REDIS_URL`` (or
+``BROKER_URL`` for RabbitMQ), ``SECRET_KEY`` and ``DEBUG=0``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from settings.env import envbool, envfloat, envint, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(envstr("VAR_DIR", str(BASE_DIR / "var")))
+
+DEBUG = envbool("DEBUG", default=False)
+SECRET_KEY = envstr("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG and envbool("REQUIRE_SECRET_KEY", default=False):
+        raise ImproperlyConfigured("SECRET_KEY is required in production (or SECRET_KEY_FILE)")
+    # A fixed development key: fine for the embedded set-up, refused by the
+    # production check (scheduler.W001) so it never ships unnoticed.
+    SECRET_KEY = "dev-insecure-key-set-SECRET_KEY-in-production"  # noqa: S105
+
+ALLOWED_HOSTS = [h.strip() for h in envstr("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in envstr("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "scheduler",
+    "jobs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "scheduler.urls"
+WSGI_APPLICATION = "scheduler.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------
+DATABASE_URL = envstr("DATABASE_URL")
+if DATABASE_URL:
+    try:
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from exc
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    SQLITE_PATH = VAR_DIR / "db.sqlite3"
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": SQLITE_PATH,
+            "OPTIONS": {
+                # WAL lets web, worker and beat read while one of them writes;
+                # IMMEDIATE takes the write lock at BEGIN so two writers queue
+                # on busy_timeout instead of failing with "database is locked".
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+            # Tests hand the database to worker and beat subprocesses, so the
+            # test database must be a file, never SQLite's in-memory default.
+            "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Time -----------------------------------------------------------------------
+# All times are stored in UTC; schedules carry their own IANA time zone.
+USE_TZ = True
+TIME_ZONE = "UTC"
+USE_I18N = False
+LANGUAGE_CODE = "en-us"
+
+# --- Static files (the admin) ---------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True  # the admin works before collectstatic too
+
+# --- Broker -----------------------------------------------------------------------
+EMBEDDED_REDIS_PORT = envint("EMBEDDED_REDIS_PORT", 6389, minimum=1)
+REDIS_URL = envstr("REDIS_URL")
+USES_EMBEDDED_REDIS = not REDIS_URL
+if not REDIS_URL:
+    REDIS_URL = f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
+# RabbitMQ is supported too: BROKER_URL=amqp://... ; Redis stays the default.
+CELERY_BROKER_URL = envstr("BROKER_URL") or REDIS_URL
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # A message is redelivered only if unacked for longer than the longest hard
+    # limit; shorter would run a slow job twice. Jobs enforce MAX_HARD_TIME_LIMIT.
+    "visibility_timeout": envint("BROKER_VISIBILITY_TIMEOUT", 3 * 3600, minimum=60),
+}
+
+# JSON only: a pickle on the broker is remote code execution.
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_EVENT_SERIALIZER = "json"
+# Our run history (jobs.JobRun) is the result store; Celery results are not kept.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TIMEZONE = "UTC"
+CELERY_ENABLE_UTC = True
+# Redelivery is harmless (runs are claimed with a conditional UPDATE), so ack
+# late and give a message back when its worker dies.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_BEAT_SCHEDULER = "scheduler.beat.scheduler:DatabaseBeat"
+CELERY_BEAT_MAX_LOOP_INTERVAL = envint("BEAT_MAX_LOOP_INTERVAL", 1, minimum=1)
+DJANGO_CELERY_BEAT_TZ_AWARE = True
+
+# --- Jobs -------------------------------------------------------------------------
+JOB_DEFAULT_SOFT_TIME_LIMIT = envint("JOB_DEFAULT_SOFT_TIME_LIMIT", 300, minimum=1)
+JOB_DEFAULT_HARD_TIME_LIMIT = envint("JOB_DEFAULT_HARD_TIME_LIMIT", 360, minimum=1)
+# A message not started this long after its slot is not executed (run: missed).
+JOB_DEFAULT_STARTING_DEADLINE = envint("JOB_DEFAULT_STARTING_DEADLINE", 3600, minimum=1)
+RUN_TRACEBACK_LIMIT = 8000  # characters of traceback kept on a run
+RUN_RESULT_LIMIT = 4000  # characters of JSON result summary kept on a run
+
+# --- Admin user for the embedded set-up ----------------------------------------------
+ADMIN_USERNAME = envstr("ADMIN_USERNAME", "admin")
+ADMIN_PASSWORD = envstr("ADMIN_PASSWORD")
+ADMIN_EMAIL = envstr("ADMIN_EMAIL", "admin@example.com")
+
+# --- Sentry ---------------------------------------------------------------------------
+SENTRY_DSN = envstr("SENTRY_DSN")
+SENTRY_ENVIRONMENT = envstr("SENTRY_ENVIRONMENT", "development" if DEBUG else "production")
+SENTRY_TRACES_SAMPLE_RATE = envfloat("SENTRY_TRACES_SAMPLE_RATE", 0.0)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"}
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+from scheduler.observability import init_sentry  # noqa: E402  (needs the values above)
+
+init_sentry(SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)

@@ -1,0 +1,86 @@
+"""Configuration invariants as Django system checks (``manage.py check``).
+
+Each one guards a platform guarantee: UTC storage (slots are compared in UTC),
+JSON-only messages (a pickle on the broker is code execution), and a broker URL
+that a worker can actually use.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+
+SUPPORTED_BROKER_SCHEMES = {"redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp"}
+
+
+@register()
+def check_time_zone_is_utc(app_configs=None, **kwargs):
+    errors = []
+    if settings.TIME_ZONE != "UTC" or not settings.USE_TZ:
+        errors.append(
+            Error(
+                "TIME_ZONE must be 'UTC' and USE_TZ must be True",
+                hint="Times are stored in UTC; give each schedule its own time zone instead.",
+                id="scheduler.E001",
+            )
+        )
+    if getattr(settings, "CELERY_TIMEZONE", "UTC") != "UTC":
+        errors.append(
+            Error(
+                "CELERY_TIMEZONE must be 'UTC'",
+                hint="Schedules carry their own IANA time zone; beat works in UTC.",
+                id="scheduler.E002",
+            )
+        )
+    return errors
+
+
+@register()
+def check_json_only_serializers(app_configs=None, **kwargs):
+    errors = []
+    accept = list(getattr(settings, "CELERY_ACCEPT_CONTENT", []))
+    if accept != ["json"]:
+        errors.append(
+            Error(
+                f"CELERY_ACCEPT_CONTENT must be ['json'], not {accept!r}",
+                hint="Jobs take primary keys and JSON; other serializers can execute code.",
+                id="scheduler.E003",
+            )
+        )
+    for name in ("CELERY_TASK_SERIALIZER", "CELERY_RESULT_SERIALIZER", "CELERY_EVENT_SERIALIZER"):
+        value = getattr(settings, name, "json")
+        if value != "json":
+            errors.append(
+                Error(f"{name} must be 'json', not {value!r}", id="scheduler.E004")
+            )
+    return errors
+
+
+@register()
+def check_broker_url(app_configs=None, **kwargs):
+    url = getattr(settings, "CELERY_BROKER_URL", "")
+    scheme = urlparse(url).scheme
+    if scheme not in SUPPORTED_BROKER_SCHEMES:
+        return [
+            Error(
+                f"the broker URL {url!r} is not a Redis or RabbitMQ URL",
+                hint="Set REDIS_URL=redis://host:6379/0 or BROKER_URL=amqp://user:pass@host//",
+                id="scheduler.E005",
+            )
+        ]
+    return []
+
+
+@register(deploy=True)
+def check_secret_key_is_set(app_configs=None, **kwargs):
+    if settings.SECRET_KEY.startswith("dev-insecure-key"):
+        return [
+            Warning(
+                "SECRET_KEY is the development default",
+                hint="Set SECRET_KEY (or SECRET_KEY_FILE) in production.",
+                id="scheduler.W001",
+            )
+        ]
+    return []
