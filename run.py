@@ -30,6 +30,9 @@ def ensure_environment() -> None:
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     if not UV.exists():
+        has_pip = subprocess.run([str(PYTHON), "-m", "pip", "--version"], capture_output=True)
+        if has_pip.returncode != 0:
+            subprocess.run([str(PYTHON), "-m", "ensurepip", "--upgrade"], check=True)
         subprocess.run(
             [str(PYTHON), "-m", "pip", "install", "--quiet", f"uv=={UV_VERSION}"], check=True
         )
