@@ -11,8 +11,10 @@ with uv, which is itself installed from PyPI into the virtualenv.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -44,6 +46,31 @@ def ensure_environment() -> None:
     )
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_tests(pytest_args: list[str]) -> int:
+    """pytest, with an embedded Redis on a free port when ``REDIS_URL`` is unset."""
+    env = dict(os.environ)
+    redis_process = None
+    if not env.get("REDIS_URL"):
+        port = free_port()
+        data_dir = tempfile.mkdtemp(prefix="test-redis-")
+        redis_process = subprocess.Popen(
+            [str(PYTHON), "-m", "scheduler.embedded_redis", str(port), data_dir], cwd=ROOT
+        )
+        env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    try:
+        return subprocess.call([str(PYTHON), "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
+    finally:
+        if redis_process is not None:
+            redis_process.terminate()
+            redis_process.wait(timeout=10)
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "up"
     ensure_environment()
@@ -51,7 +78,7 @@ def main(argv: list[str]) -> int:
     if command == "up":
         args = [str(PYTHON), "manage.py", "runplatform", *argv[1:]]
     elif command == "test":
-        args = [str(PYTHON), "-m", "pytest", *argv[1:]]
+        return run_tests(argv[1:])
     else:
         print(__doc__)
         return 2

@@ -58,3 +58,22 @@ def wait_for_redis(url: str, timeout: float = 15.0, process: subprocess.Popen | 
         if time.monotonic() > deadline:
             raise TimeoutError(f"Redis at {url} did not answer within {timeout:.0f} s")
         time.sleep(0.1)
+
+
+def main() -> None:
+    """``python -m scheduler.embedded_redis PORT DIR``: run in the foreground until stopped."""
+    import os
+    import sys
+
+    port, data_dir = int(sys.argv[1]), Path(sys.argv[2])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    binary = redis_server_binary()
+    os.execv(
+        binary,
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+         "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ runs on SQLite (WAL mode) under ``var/`` and an embedded Redis server started by
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -75,6 +76,14 @@ TEMPLATES = [
 ]
 
 # --- Database -----------------------------------------------------------------
+# WAL lets web, worker and beat read while one of them writes; IMMEDIATE takes
+# the write lock at BEGIN, so two writers queue on the timeout instead of
+# failing half-way with "database is locked".
+SQLITE_OPTIONS = {
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 20,
+}
 DATABASE_URL = envstr("DATABASE_URL")
 if DATABASE_URL:
     try:
@@ -83,24 +92,15 @@ if DATABASE_URL:
         raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from exc
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-    SQLITE_PATH = VAR_DIR / "db.sqlite3"
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": SQLITE_PATH,
-            "OPTIONS": {
-                # WAL lets web, worker and beat read while one of them writes;
-                # IMMEDIATE takes the write lock at BEGIN so two writers queue
-                # on busy_timeout instead of failing with "database is locked".
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 20,
-            },
-            # Tests hand the database to worker and beat subprocesses, so the
-            # test database must be a file, never SQLite's in-memory default.
-            "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
-        }
-    }
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "db.sqlite3"}}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = SQLITE_OPTIONS
+    # Tests hand the database to worker and beat subprocesses, so the test
+    # database must be a file, never SQLite's in-memory default; one per test
+    # run, so two runs side by side do not delete each other's.
+    _test_db = Path(DATABASES["default"]["NAME"]).with_name(f"test-db-{os.getpid()}.sqlite3")
+    DATABASES["default"]["TEST"] = {"NAME": str(_test_db)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Time -----------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from jobs.framework import job
 
 
@@ -12,11 +14,21 @@ class DrillFailure(RuntimeError):
 
 
 @job("diagnostics.sleep", queue="default", soft_time_limit=60, hard_time_limit=90)
-def sleep(seconds: float) -> dict:
-    """Sleep for ``seconds``; past the soft or hard limit it is stopped like any job."""
+def sleep(seconds: float, ignore_soft_limit: bool = False) -> dict:
+    """Sleep for ``seconds``; past the soft or hard limit it is stopped like any job.
+
+    ``ignore_soft_limit=True`` plays a job that swallows ``SoftTimeLimitExceeded``
+    and keeps going, so only the hard limit can end it (a drill of a hung job).
+    """
     if seconds < 0:
         raise ValueError(f"seconds must be 0 or more, got {seconds}")
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            time.sleep(left)
+        except SoftTimeLimitExceeded:
+            if not ignore_soft_limit:
+                raise
     return {"slept": seconds}
 
 

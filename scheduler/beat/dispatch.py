@@ -15,29 +15,21 @@ Guarantees:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from celery import Celery
 from django.db import transaction
 from django.utils import timezone
 
+from jobs.client import CHUNK, chunks, publish_runs
 from jobs.models import ACTIVE_STATUSES, JobRun, RunStatus
 from scheduler.beat.entries import Entry
 from scheduler.models import Overlap
 
-# Keep IN (...) lists below SQLite's and Postgres' comfortable limits.
-CHUNK = 900
-
-
-def _chunks(items: Sequence, size: int = CHUNK) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def schedules_with_active_runs(task_ids: Sequence[int]) -> set[int]:
     active: set[int] = set()
-    for chunk in _chunks(list(task_ids)):
+    for chunk in chunks(list(task_ids)):
         active.update(
             JobRun.objects.filter(schedule_id__in=chunk, status__in=ACTIVE_STATUSES)
             .values_list("schedule_id", flat=True)
@@ -81,36 +73,9 @@ def claim_slots(due: Sequence[tuple[Entry, datetime]], now: datetime | None = No
     with transaction.atomic():
         JobRun.objects.bulk_create(runs, ignore_conflicts=True, batch_size=CHUNK)
         ours: set[uuid.UUID] = set()
-        for chunk in _chunks([r.pk for r in runs]):
+        for chunk in chunks([r.pk for r in runs]):
             ours.update(JobRun.objects.filter(pk__in=chunk).values_list("pk", flat=True))
     return [r for r in runs if r.pk in ours]
-
-
-def publish(app: Celery, runs: Sequence[JobRun], now: datetime | None = None) -> int:
-    """Send one message per queued run over one producer; mark them enqueued."""
-    queued = [r for r in runs if r.status == RunStatus.QUEUED]
-    if not queued:
-        return 0
-    with app.producer_or_acquire() as producer:
-        for run in queued:
-            app.send_task(
-                run.job,
-                args=run.args,
-                kwargs=run.kwargs,
-                task_id=str(run.pk),
-                queue=run.queue or None,
-                soft_time_limit=run.soft_time_limit,
-                time_limit=run.hard_time_limit,
-                producer=producer,
-                headers={
-                    "schedule": run.schedule_id,
-                    "scheduled_for": run.scheduled_for.isoformat(),
-                },
-            )
-    now = now or timezone.now()
-    for chunk in _chunks([r.pk for r in queued]):
-        JobRun.objects.filter(pk__in=chunk, enqueued_at__isnull=True).update(enqueued_at=now)
-    return len(queued)
 
 
 def publish_outbox(app: Celery, limit: int = 10_000) -> int:
@@ -120,4 +85,4 @@ def publish_outbox(app: Celery, limit: int = 10_000) -> int:
             "scheduled_for"
         )[:limit]
     )
-    return publish(app, pending)
+    return publish_runs(app, pending)

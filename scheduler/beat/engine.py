@@ -21,13 +21,14 @@ import heapq
 import itertools
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from celery import Celery
 from django.db.models import Max
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask, PeriodicTasks
 
+from jobs.client import publish_runs
 from jobs.models import JobDefinition, JobRun
 from scheduler.beat import dispatch
 from scheduler.beat.entries import Entry, build_entry
@@ -117,7 +118,7 @@ class BeatEngine:
         due = self.pop_due(now)
         if due:
             claimed = dispatch.claim_slots(due, now)
-            sent = dispatch.publish(self.app, claimed)
+            sent = publish_runs(self.app, claimed)
             logger.info("beat: %d slots due, %d claimed, %d published", len(due), len(claimed), sent)
         return self.seconds_until_next(timezone.now())
 
@@ -133,7 +134,3 @@ class BeatEngine:
             for slot, _, task_id in heapq.nsmallest(count, self.heap)
             if task_id in self.entries
         ]
-
-    @staticmethod
-    def horizon(now: datetime, seconds: float) -> datetime:
-        return now + timedelta(seconds=seconds)

@@ -1,0 +1,105 @@
+"""The send-only client: dispatch jobs by name, from any process.
+
+Other services (an API, a management command) run jobs through ``dispatch``
+without importing worker code: the job's queue and default limits come from
+the catalog table, the one routing table workers publish. Every dispatch
+writes its ``JobRun`` first and publishes after commit, exactly like beat, so
+manual runs appear in the same history.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import Celery
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from jobs.catalog import validate_job_call
+from jobs.models import JobRun, RunStatus
+from scheduler.models import validate_time_limits
+
+# Keep IN (...) lists below SQLite's and Postgres' comfortable limits.
+CHUNK = 900
+
+
+def chunks(items: Sequence, size: int = CHUNK):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def publish_runs(app: Celery, runs: Sequence[JobRun], now: datetime | None = None) -> int:
+    """Send one message per queued run over one producer; then mark them enqueued.
+
+    The message's task id is the run's primary key, so every later step finds
+    the run; ``enqueued_at`` is written only after the broker took the message.
+    """
+    queued = [r for r in runs if r.status == RunStatus.QUEUED]
+    if not queued:
+        return 0
+    with app.producer_or_acquire() as producer:
+        for run in queued:
+            app.send_task(
+                run.job,
+                args=run.args,
+                kwargs=run.kwargs,
+                task_id=str(run.pk),
+                queue=run.queue or None,
+                soft_time_limit=run.soft_time_limit,
+                time_limit=run.hard_time_limit,
+                producer=producer,
+                headers={
+                    "schedule": run.schedule_id,
+                    "scheduled_for": run.scheduled_for.isoformat(),
+                },
+            )
+    now = now or timezone.now()
+    for chunk in chunks([r.pk for r in queued]):
+        JobRun.objects.filter(pk__in=chunk, enqueued_at__isnull=True).update(enqueued_at=now)
+    return len(queued)
+
+
+def dispatch(
+    job: str,
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    *,
+    queue: str | None = None,
+    soft_time_limit: int | None = None,
+    hard_time_limit: int | None = None,
+    starting_deadline: int | None = None,
+) -> JobRun:
+    """Validate, record and publish one run of ``job``; return its ``JobRun``.
+
+    Raises ``ValidationError`` for an unknown job, arguments that do not bind,
+    or impossible limits; nothing is recorded or sent then.
+    """
+    from scheduler.celery import app
+
+    args, kwargs = list(args or []), dict(kwargs or {})
+    definition = validate_job_call(job, args, kwargs)
+    soft = soft_time_limit or definition.soft_time_limit
+    hard = hard_time_limit or definition.hard_time_limit
+    validate_time_limits(soft, hard)
+    now = timezone.now()
+    deadline = starting_deadline or settings.JOB_DEFAULT_STARTING_DEADLINE
+    run = JobRun(
+        id=uuid.uuid4(),
+        job=job,
+        args=args,
+        kwargs=kwargs,
+        queue=queue or definition.queue,
+        soft_time_limit=soft,
+        hard_time_limit=hard,
+        scheduled_for=now,
+        deadline=now + timedelta(seconds=deadline),
+        status=RunStatus.QUEUED,
+    )
+    with transaction.atomic():
+        run.save(force_insert=True)
+        transaction.on_commit(lambda: publish_runs(app, [run]))
+    return run

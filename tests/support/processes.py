@@ -1,0 +1,73 @@
+"""Real worker and beat subprocesses for integration tests.
+
+Each process writes its log to a file (shown when a test fails) and is
+stopped by its own pid: SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+QUEUES = "default,heartbeat,reports"
+
+
+class Service:
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.log_file = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT
+        )
+
+    def log(self) -> str:
+        self.log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name}: {text!r} not logged within {timeout} s:\n{self.log()[-4000:]}")
+
+    def stop(self, grace: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log_file.close()
+        return self.process.returncode
+
+
+def celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "scheduler", *args]
+
+
+def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker", concurrency: int = 2,
+                 pool: str = "prefork") -> Service:
+    service = Service(
+        name,
+        celery("worker", "--pool", pool, "--concurrency", str(concurrency), "--queues", QUEUES,
+               "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+               "--hostname", f"{name}-{os.getpid()}@%h"),
+        env,
+        log_dir,
+    )
+    return service
+
+
+def start_beat(env: dict[str, str], log_dir: Path, name: str = "beat") -> Service:
+    return Service(name, celery("beat", "--loglevel", "INFO"), env, log_dir)
