@@ -29,7 +29,10 @@ if not SECRET_KEY:
     # production check (scheduler.W001) so it never ships unnoticed.
     SECRET_KEY = "dev-insecure-key-set-SECRET_KEY-in-production"  # noqa: S105
 
-ALLOWED_HOSTS = [h.strip() for h in envstr("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+# Loopback is always allowed: container health checks call http://127.0.0.1/healthz.
+ALLOWED_HOSTS = sorted(
+    {"127.0.0.1", "localhost"} | {h.strip() for h in envstr("ALLOWED_HOSTS").split(",") if h.strip()}
+)
 CSRF_TRUSTED_ORIGINS = [
     o.strip() for o in envstr("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
 ]
