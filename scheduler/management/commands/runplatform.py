@@ -59,6 +59,7 @@ class Command(BaseCommand):
             redis_process = start_embedded_redis(settings.EMBEDDED_REDIS_PORT, settings.VAR_DIR / "redis")
             self.children.append(("redis", redis_process))
         call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
         password = ensure_admin_user()
         if password:
             self.stdout.write(
