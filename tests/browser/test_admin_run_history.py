@@ -1,0 +1,99 @@
+"""Run history and run-summary reports in the admin, in a real browser.
+
+The history list shows every run and filters by status; a run-summary report
+downloads as CSV and as HTML from the admin.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import UTC, datetime, timedelta
+
+from django.urls import reverse
+from playwright.sync_api import Page, expect
+
+from jobs.models import JobRun, RunStatus
+from jobs.reports import build_run_summary
+
+
+def record_runs(schedule) -> tuple[JobRun, JobRun]:
+    """One succeeded and one failed heartbeat run of ``schedule``, in the last hours."""
+    slot = datetime.now(UTC).replace(second=0, microsecond=0)
+    succeeded = JobRun.objects.create(
+        job="heartbeat",
+        schedule=schedule,
+        schedule_name=schedule.name,
+        status=RunStatus.SUCCEEDED,
+        scheduled_for=slot - timedelta(hours=2),
+        started_at=slot - timedelta(hours=2) + timedelta(milliseconds=150),
+        finished_at=slot - timedelta(hours=2) + timedelta(milliseconds=400),
+        lateness_ms=150,
+        duration_ms=250,
+        worker="worker-a",
+    )
+    failed = JobRun.objects.create(
+        job="heartbeat",
+        schedule=schedule,
+        schedule_name=schedule.name,
+        status=RunStatus.FAILED,
+        scheduled_for=slot - timedelta(hours=1),
+        started_at=slot - timedelta(hours=1) + timedelta(milliseconds=90),
+        finished_at=slot - timedelta(hours=1) + timedelta(seconds=5),
+        lateness_ms=90,
+        duration_ms=4910,
+        worker="worker-b",
+        error_type="TargetCheckFailed",
+        error_message="https://example.invalid/health: connection refused",
+    )
+    return succeeded, failed
+
+
+def test_it_shows_runs_in_the_history_list(page: Page, seeded_schedules) -> None:
+    record_runs(seeded_schedules["heartbeat"])
+    page.goto(reverse("admin:jobs_jobrun_changelist"))
+
+    rows = page.locator("#result_list tbody tr")
+    expect(rows).to_have_count(2)
+    failed, succeeded = RunStatus.FAILED.label, RunStatus.SUCCEEDED.label  # "Failed", "Succeeded"
+    expect(rows.locator("td.field-status")).to_have_text([failed, succeeded])  # newest first
+    expect(rows.locator("td.field-worker")).to_have_text(["worker-b", "worker-a"])
+
+    page.locator("#changelist-filter").get_by_role("link", name=failed, exact=True).click()
+
+    expect(page).to_have_url(re.compile(r"[?&]status__exact=failed(&|$)"))
+    expect(rows).to_have_count(1)
+    expect(rows.locator("td.field-status")).to_have_text([failed])
+    expect(rows.locator("td.field-worker")).to_have_text(["worker-b"])
+
+
+def test_it_downloads_a_run_summary_as_csv_and_html(page: Page, seeded_schedules) -> None:
+    record_runs(seeded_schedules["heartbeat"])
+    report = build_run_summary(24)
+    assert [row["job"] for row in report.rows] == ["heartbeat"]
+    page.goto(reverse("admin:jobs_runsummaryreport_changelist"))
+    row = page.locator("#result_list tbody tr")
+    expect(row).to_have_count(1)
+
+    with page.expect_download() as csv_download:
+        row.get_by_role("link", name="CSV", exact=True).click()
+    download = csv_download.value
+    assert download.suggested_filename == f"run-summary-{report.pk}.csv"
+    table = list(csv.reader(io.StringIO(download.path().read_text(encoding="utf-8"))))
+    assert ",".join(table[0]).startswith("job,total")
+    by_job = {line[0]: dict(zip(table[0], line, strict=True)) for line in table[1:]}
+    assert set(by_job) == {"heartbeat"}
+    assert by_job["heartbeat"]["total"] == "2"
+    assert by_job["heartbeat"]["succeeded"] == "1"
+    assert by_job["heartbeat"]["failed"] == "1"
+    assert by_job["heartbeat"]["failure_rate"] == "0.5"
+
+    with page.expect_download() as html_download:
+        row.get_by_role("link", name="HTML", exact=True).click()
+    download = html_download.value
+    assert download.suggested_filename == f"run-summary-{report.pk}.html"
+    html = download.path().read_text(encoding="utf-8")
+    assert "<table" in html
+    assert "<td>heartbeat</td>" in html
+    assert "<th>job</th><th>total</th>" in html

@@ -1,0 +1,65 @@
+"""One run per slot, and the outbox: the exactly-once core of beat, on the real database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from jobs.catalog import publish_catalog
+from jobs.models import JobRun, RunStatus
+from scheduler.beat.dispatch import claim_slots
+from scheduler.beat.entries import build_entry
+from scheduler.models import Overlap
+
+pytestmark = pytest.mark.django_db
+
+SLOT = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def entry():
+    publish_catalog(worker="tests")
+    every_minute = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.MINUTES)
+    task = PeriodicTask.objects.create(name="hb", task="heartbeat", interval=every_minute)
+    return build_entry(task, task.policy, None)
+
+
+def test_a_slot_claimed_twice_yields_one_run(entry):
+    first = claim_slots([(entry, SLOT)])
+    second = claim_slots([(entry, SLOT)])
+
+    assert len(first) == 1
+    assert second == []
+    assert JobRun.objects.filter(schedule_id=entry.task_id, scheduled_for=SLOT).count() == 1
+
+
+def test_a_batch_claims_only_the_slots_nobody_claimed_yet(entry):
+    claim_slots([(entry, SLOT)])
+    later = SLOT + timedelta(minutes=1)
+
+    claimed = claim_slots([(entry, SLOT), (entry, later)])
+
+    assert [r.scheduled_for for r in claimed] == [later]
+
+
+def test_a_claimed_run_carries_its_deadline_and_waits_in_the_outbox(entry):
+    (run,) = claim_slots([(entry, SLOT)])
+    run.refresh_from_db()
+
+    assert run.status == RunStatus.QUEUED
+    assert run.enqueued_at is None  # not yet published: the outbox
+    assert run.deadline == SLOT + entry.starting_deadline
+
+
+def test_it_records_skipped_when_the_previous_run_is_still_running(entry):
+    entry.overlap = Overlap.SKIP
+    (first,) = claim_slots([(entry, SLOT)])
+    JobRun.objects.filter(pk=first.pk).update(status=RunStatus.RUNNING)
+
+    (second,) = claim_slots([(entry, SLOT + timedelta(minutes=1))])
+
+    second.refresh_from_db()
+    assert second.status == RunStatus.SKIPPED
+    assert second.finished_at is not None
