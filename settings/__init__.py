@@ -168,6 +168,11 @@ JOB_DEFAULT_STARTING_DEADLINE = envint("JOB_DEFAULT_STARTING_DEADLINE", 3600, mi
 RUN_TRACEBACK_LIMIT = 8000  # characters of traceback kept on a run
 RUN_RESULT_LIMIT = 4000  # characters of JSON result summary kept on a run
 
+# --- runplatform (the embedded, all-in-one run command) ---------------------------
+RUN_HOST = envstr("HOST", "127.0.0.1")
+RUN_PORT = envint("PORT", 8000, minimum=1)
+WORKER_CONCURRENCY = envint("WORKER_CONCURRENCY", 2, minimum=1)
+
 # --- Admin user for the embedded set-up ----------------------------------------------
 ADMIN_USERNAME = envstr("ADMIN_USERNAME", "admin")
 ADMIN_PASSWORD = envstr("ADMIN_PASSWORD")

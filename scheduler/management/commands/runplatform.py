@@ -10,7 +10,6 @@ because a platform without its beat or worker must not look healthy.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -31,11 +30,9 @@ class Command(BaseCommand):
     help = "Run web, worker and beat (and an embedded Redis when REDIS_URL is unset)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-        parser.add_argument(
-            "--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "2"))
-        )
+        parser.add_argument("--host", default=settings.RUN_HOST)
+        parser.add_argument("--port", type=int, default=settings.RUN_PORT)
+        parser.add_argument("--concurrency", type=int, default=settings.WORKER_CONCURRENCY)
 
     def handle(self, *args, host: str, port: int, concurrency: int, **options):
         self.children: list[tuple[str, subprocess.Popen]] = []
