@@ -61,6 +61,23 @@ class SchedulePolicy(models.Model):
     anchor = models.DateTimeField(
         default=timezone.now, help_text="Interval schedules fire at anchor + k × every."
     )
+    jitter = models.PositiveIntegerField(
+        default=0,
+        help_text="Seconds: spread dispatch over [slot, slot + jitter) to avoid thundering herds; "
+        "the run keeps its slot.",
+    )
+    last_slot_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The newest slot beat claimed, advanced in the claim's transaction.",
+    )
+    problem = models.CharField(
+        max_length=500,
+        blank=True,
+        editable=False,
+        help_text="Set by beat, e.g. when no live worker serves this job's queue.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -87,3 +104,50 @@ def validate_time_limits(soft: int | None, hard: int | None) -> None:
         )
     if errors:
         raise ValidationError(errors)
+
+
+class ScheduleChange(models.Model):
+    """The change log beat tails: one row per schedule touched by a write.
+
+    Written by signals (every ORM save/delete of a task, its policy or the
+    crontab/interval/clocked row it uses) and by ``scheduler.services`` for
+    bulk edits, in the writer's transaction. ``task_id`` is not a foreign key:
+    a deleted task's change must outlive it.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    task_id = models.IntegerField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"change {self.id}: task {self.task_id}"
+
+
+class BeatLease(models.Model):
+    """Which beat process leads. ``token`` is the fencing token.
+
+    It increases by one each time another process takes the lease, and every
+    slot claim re-checks it inside the claim's transaction, so a leader that
+    lost the lease (paused, partitioned) cannot claim a slot afterwards.
+    """
+
+    name = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=255, blank=True)
+    token = models.BigIntegerField(default=0)
+    expires_at = models.DateTimeField()
+    renewed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.holder or 'nobody'} (token {self.token})"
+
+
+class WorkerPresence(models.Model):
+    """A live worker: which queues it consumes and which jobs it serves."""
+
+    hostname = models.CharField(max_length=255, primary_key=True)
+    queues = models.JSONField(default=list)
+    jobs = models.JSONField(default=list)
+    last_seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.hostname

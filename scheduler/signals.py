@@ -3,17 +3,22 @@
 - ``pre_save`` validation refuses bad schedules on any save path, not only
   the admin (django-celery-beat validates only in its forms).
 - Every ``PeriodicTask`` gets its ``SchedulePolicy`` row.
-- A policy edit bumps django-celery-beat's change marker, so beat sees it.
+- Every write to a task, its policy, or the crontab/interval/clocked row it
+  uses appends to the change log that beat tails (``scheduler.changes``); an
+  edit of one crontab shared by many tasks records each of them.
 """
 
 from __future__ import annotations
 
-from django.db.models.signals import post_delete, post_save, pre_save
+from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 from django.dispatch import receiver
-from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
 
+from scheduler.changes import record_changes
 from scheduler.models import SchedulePolicy, validate_time_limits
 from scheduler.validation import validate_crontab, validate_periodic_task
+
+SCHEDULE_FIELDS = {CrontabSchedule: "crontab", IntervalSchedule: "interval", ClockedSchedule: "clocked"}
 
 
 @receiver(pre_save, sender=PeriodicTask, dispatch_uid="scheduler.validate_task")
@@ -34,15 +39,35 @@ def _validate_policy(sender, instance: SchedulePolicy, raw: bool = False, **kwar
         validate_time_limits(instance.soft_time_limit, instance.hard_time_limit)
 
 
-@receiver(post_save, sender=PeriodicTask, dispatch_uid="scheduler.ensure_policy")
-def _ensure_policy(sender, instance: PeriodicTask, created: bool, raw: bool = False, **kwargs) -> None:
+@receiver(post_save, sender=PeriodicTask, dispatch_uid="scheduler.task_saved")
+def _task_saved(sender, instance: PeriodicTask, raw: bool = False, **kwargs) -> None:
+    if raw:
+        return
+    SchedulePolicy.objects.get_or_create(
+        task=instance, defaults={"anchor": instance.start_time or instance.date_changed}
+    )
+    record_changes([instance.pk])
+
+
+@receiver(post_delete, sender=PeriodicTask, dispatch_uid="scheduler.task_deleted")
+def _task_deleted(sender, instance: PeriodicTask, **kwargs) -> None:
+    record_changes([instance.pk])
+
+
+@receiver(post_save, sender=SchedulePolicy, dispatch_uid="scheduler.policy_saved")
+def _policy_saved(sender, instance: SchedulePolicy, raw: bool = False, **kwargs) -> None:
     if not raw:
-        SchedulePolicy.objects.get_or_create(
-            task=instance, defaults={"anchor": instance.start_time or instance.date_changed}
-        )
+        record_changes([instance.task_id])
 
 
-@receiver(post_save, sender=SchedulePolicy, dispatch_uid="scheduler.policy_changed")
-@receiver(post_delete, sender=SchedulePolicy, dispatch_uid="scheduler.policy_deleted")
-def _policy_changed(sender, **kwargs) -> None:
-    PeriodicTasks.update_changed()
+def _schedule_changed(sender, instance, raw: bool = False, **kwargs) -> None:
+    if raw:
+        return
+    field = SCHEDULE_FIELDS[sender]
+    record_changes(PeriodicTask.objects.filter(**{field: instance}).values_list("pk", flat=True))
+
+
+for _model in SCHEDULE_FIELDS:
+    post_save.connect(_schedule_changed, sender=_model, dispatch_uid=f"scheduler.changed.{_model.__name__}")
+    # pre_delete: the tasks still point at the row (deleting it cascades to them).
+    pre_delete.connect(_schedule_changed, sender=_model, dispatch_uid=f"scheduler.deleted.{_model.__name__}")

@@ -158,6 +158,10 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BEAT_SCHEDULER = "scheduler.beat.scheduler:DatabaseBeat"
 CELERY_BEAT_MAX_LOOP_INTERVAL = envint("BEAT_MAX_LOOP_INTERVAL", 1, minimum=1)
+# One beat leads under this lease; a standby takes over within ~1.33 × it.
+BEAT_LEASE_SECONDS = envint("BEAT_LEASE_SECONDS", 10, minimum=2)
+# Safety net for edits made with raw SQL (the change log covers the ORM).
+BEAT_RECONCILE_SECONDS = envint("BEAT_RECONCILE_SECONDS", 300, minimum=5)
 DJANGO_CELERY_BEAT_TZ_AWARE = True
 
 # --- Jobs -------------------------------------------------------------------------

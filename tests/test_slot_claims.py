@@ -9,8 +9,8 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from jobs.catalog import publish_catalog
 from jobs.models import JobRun, RunStatus
-from scheduler.beat.dispatch import claim_slots
-from scheduler.beat.entries import build_entry
+from scheduler.beat.dispatch import MISSED, PlannedSlot, claim_slots
+from scheduler.beat.entries import entry_from_row, fetch_rows
 from scheduler.models import Overlap
 
 pytestmark = pytest.mark.django_db
@@ -23,12 +23,18 @@ def entry():
     publish_catalog(worker="tests")
     every_minute = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.MINUTES)
     task = PeriodicTask.objects.create(name="hb", task="heartbeat", interval=every_minute)
-    return build_entry(task, task.policy, None)
+    (row,) = fetch_rows([task.pk])
+    return entry_from_row(row, {})
+
+
+def claim(entry, *slots, outcome="run"):
+    claimed, _ = claim_slots([PlannedSlot(entry, slot, outcome) for slot in slots])
+    return claimed
 
 
 def test_a_slot_claimed_twice_yields_one_run(entry):
-    first = claim_slots([(entry, SLOT)])
-    second = claim_slots([(entry, SLOT)])
+    first = claim(entry, SLOT)
+    second = claim(entry, SLOT)
 
     assert len(first) == 1
     assert second == []
@@ -36,16 +42,16 @@ def test_a_slot_claimed_twice_yields_one_run(entry):
 
 
 def test_a_batch_claims_only_the_slots_nobody_claimed_yet(entry):
-    claim_slots([(entry, SLOT)])
+    claim(entry, SLOT)
     later = SLOT + timedelta(minutes=1)
 
-    claimed = claim_slots([(entry, SLOT), (entry, later)])
+    claimed = claim(entry, SLOT, later)
 
     assert [r.scheduled_for for r in claimed] == [later]
 
 
 def test_a_claimed_run_carries_its_deadline_and_waits_in_the_outbox(entry):
-    (run,) = claim_slots([(entry, SLOT)])
+    (run,) = claim(entry, SLOT)
     run.refresh_from_db()
 
     assert run.status == RunStatus.QUEUED
@@ -55,11 +61,27 @@ def test_a_claimed_run_carries_its_deadline_and_waits_in_the_outbox(entry):
 
 def test_it_records_skipped_when_the_previous_run_is_still_running(entry):
     entry.overlap = Overlap.SKIP
-    (first,) = claim_slots([(entry, SLOT)])
+    (first,) = claim(entry, SLOT)
     JobRun.objects.filter(pk=first.pk).update(status=RunStatus.RUNNING)
 
-    (second,) = claim_slots([(entry, SLOT + timedelta(minutes=1))])
+    (second,) = claim(entry, SLOT + timedelta(minutes=1))
 
     second.refresh_from_db()
     assert second.status == RunStatus.SKIPPED
     assert second.finished_at is not None
+
+
+def test_the_claim_advances_the_schedule_state_in_the_same_transaction(entry):
+    claim(entry, SLOT, SLOT + timedelta(minutes=1))
+
+    from scheduler.models import SchedulePolicy
+
+    assert SchedulePolicy.objects.get(task_id=entry.task_id).last_slot_at == SLOT + timedelta(minutes=1)
+
+
+def test_a_missed_slot_is_recorded_and_not_published(entry):
+    (run,) = claim(entry, SLOT, outcome=MISSED)
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.MISSED
+    assert run.finished_at is not None

@@ -1,62 +1,100 @@
 """The Celery beat scheduler class (``CELERY_BEAT_SCHEDULER``).
 
 Replaces django-celery-beat's ``DatabaseScheduler`` while reading the same
-models, so existing data and the admin keep working. Database outages do not
-crash beat: the tick logs the error once per outage, drops the connection and
-tries again on the next loop.
+models, so existing data and the admin keep working. Any number of beat
+processes may run: one leads under the database lease (``beat.lease``) and
+dispatches; the others stand by and take over when the lease expires.
+
+Outages do not crash beat: a database or broker error is logged once per
+outage, the connection is dropped, and the next loop tries again. A leader
+that loses its lease stops dispatching at once and drops its in-memory state
+(the database has all of it).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from celery.beat import Scheduler
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connections
 from kombu.exceptions import OperationalError as BrokerError
 
 from scheduler.beat import dispatch
 from scheduler.beat.engine import BeatEngine
+from scheduler.beat.lease import Lease, LeaseLost
 
 logger = logging.getLogger(__name__)
 
+OUTAGES = (DatabaseError, InterfaceError, BrokerError, OSError)
+
 
 class DatabaseBeat(Scheduler):
-    """Celery ``Scheduler`` driven by :class:`BeatEngine`."""
+    """Celery ``Scheduler`` driven by :class:`BeatEngine` under a leader lease."""
 
     def __init__(self, *args, **kwargs) -> None:
         self.engine: BeatEngine | None = None
+        self.lease = Lease(ttl=settings.BEAT_LEASE_SECONDS)
         self._failing = False
+        self._next_lease_check = 0.0
         super().__init__(*args, **kwargs)
 
     def setup_schedule(self) -> None:
-        self.engine = BeatEngine(self.app, max_sleep=float(self.max_interval or 1))
-        try:
-            republished = dispatch.publish_outbox(self.app)
-            if republished:
-                logger.warning("beat: published %d claimed runs left unpublished", republished)
-            self.engine.load()
-        except (DatabaseError, InterfaceError, BrokerError) as exc:
-            self._note_failure(exc)
+        logger.info("beat %s starting as a standby", self.lease.holder)
 
     @property
     def schedule(self) -> dict:
         return {}
 
+    def _new_engine(self) -> BeatEngine:
+        return BeatEngine(
+            self.app,
+            fence=self.lease.fence,
+            max_sleep=float(self.max_interval or 1),
+            reconcile_interval=float(settings.BEAT_RECONCILE_SECONDS),
+        )
+
     def tick(self, *args, **kwargs) -> float:
-        assert self.engine is not None
         close_old_connections()
         try:
-            if not self.engine.entries and not self.engine.loaded_at:
-                dispatch.publish_outbox(self.app)
-                self.engine.load()
-            wait = self.engine.tick()
-        except (DatabaseError, InterfaceError, BrokerError) as exc:
+            wait = self._tick()
+        except LeaseLost as exc:
+            self._step_down(str(exc))
+            return 0.0
+        except OUTAGES as exc:
             self._note_failure(exc)
             return float(self.max_interval or 1)
         if self._failing:
-            logger.warning("beat: recovered; dispatching again")
+            logger.warning("beat: recovered; carrying on")
             self._failing = False
         return wait
+
+    def _tick(self) -> float:
+        clock = time.monotonic()
+        if clock >= self._next_lease_check:
+            was_leader = self.engine is not None
+            leads = self.lease.acquire_or_renew()
+            self._next_lease_check = clock + self.lease.renew_every
+            if leads and not was_leader:
+                logger.warning("beat %s now LEADS (fencing token %s)", self.lease.holder, self.lease.token)
+                self.engine = self._new_engine()
+                republished = dispatch.publish_outbox(self.app)
+                if republished:
+                    logger.warning("beat: published %d claimed runs left unpublished", republished)
+                self.engine.load()
+            elif not leads and was_leader:
+                self._step_down("the lease was taken over")
+        if self.engine is None:
+            return min(self.lease.renew_every, max(0.0, self._next_lease_check - time.monotonic()))
+        wait = self.engine.tick()
+        return min(wait, max(0.0, self._next_lease_check - time.monotonic()))
+
+    def _step_down(self, why: str) -> None:
+        if self.engine is not None:
+            logger.error("beat %s stops dispatching: %s", self.lease.holder, why)
+        self.engine = None
+        self.lease.token = None
 
     def _note_failure(self, exc: Exception) -> None:
         if not self._failing:
@@ -69,9 +107,12 @@ class DatabaseBeat(Scheduler):
         pass
 
     def close(self) -> None:
+        try:
+            self.lease.release()
+        except OUTAGES:
+            pass
         connections.close_all()
 
     @property
     def info(self) -> str:
-        count = len(self.engine.entries) if self.engine else 0
-        return f"    . db -> {count} schedules (scheduler.beat)"
+        return f"    . leader lease: {settings.BEAT_LEASE_SECONDS} s ({self.lease.holder})"
