@@ -1,0 +1,199 @@
+"""The beat engine in-process, against the real database and Redis.
+
+Time is controlled by passing ``now`` to the engine; the database and broker
+are real. Each test reads like the behaviour it pins down.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+
+from jobs.catalog import publish_catalog
+from jobs.models import JobRun, RunStatus
+from scheduler.beat.engine import BeatEngine
+from scheduler.models import CatchUp, SchedulePolicy
+from scheduler.services import update_schedules
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(redis_client, clean_queues):
+    publish_catalog(worker="tests")
+    from scheduler.celery import app
+
+    return BeatEngine(app, poll_interval=0)
+
+
+def every(seconds: int) -> IntervalSchedule:
+    return IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)[0]
+
+
+def make_task(name: str, *, interval=None, crontab=None, anchor=T0, catchup=CatchUp.LATEST, deadline=None):
+    task = PeriodicTask.objects.create(name=name, task="heartbeat", interval=interval, crontab=crontab)
+    SchedulePolicy.objects.filter(task=task).update(
+        anchor=anchor, created_at=anchor, catchup=catchup, starting_deadline=deadline
+    )
+    return task
+
+
+def runs_of(task) -> list[tuple[datetime, str]]:
+    return list(JobRun.objects.filter(schedule=task).order_by("scheduled_for").values_list("scheduled_for", "status"))
+
+
+def queued_message_ids(redis_client, queue: str = "heartbeat") -> list[str]:
+    return [json.loads(m)["headers"]["id"] for m in redis_client.lrange(queue, 0, -1)]
+
+
+def test_it_claims_and_publishes_every_due_slot_in_one_tick(engine, redis_client):
+    tasks = [make_task(f"hb{i}", interval=every(60)) for i in range(50)]
+    engine.load(now=T0)
+
+    engine.tick(now=T0 + timedelta(seconds=60))
+
+    runs = JobRun.objects.filter(schedule__in=tasks)
+    assert runs.count() == 50
+    assert set(runs.values_list("scheduled_for", flat=True)) == {T0 + timedelta(seconds=60)}
+    assert not runs.filter(enqueued_at__isnull=True).exists()
+    assert sorted(queued_message_ids(redis_client)) == sorted(str(pk) for pk in runs.values_list("pk", flat=True))
+
+
+def test_an_idle_tick_claims_nothing(engine):
+    make_task("hb", interval=every(60))
+    engine.load(now=T0)
+
+    engine.tick(now=T0 + timedelta(seconds=59))
+
+    assert JobRun.objects.count() == 0
+
+
+def test_a_restarted_engine_does_not_fire_a_slot_again(engine):
+    task = make_task("hb", interval=every(60))
+    engine.load(now=T0)
+    engine.tick(now=T0 + timedelta(seconds=60))
+
+    from scheduler.celery import app
+
+    restarted = BeatEngine(app, poll_interval=0)
+    restarted.load(now=T0 + timedelta(seconds=61))
+    restarted.tick(now=T0 + timedelta(seconds=61))
+
+    assert runs_of(task) == [(T0 + timedelta(seconds=60), RunStatus.QUEUED)]
+
+
+@pytest.mark.parametrize(
+    ("catchup", "expected"),
+    [
+        (CatchUp.LATEST, ["missed", "missed", "queued"]),
+        (CatchUp.ALL, ["queued"] * 3),
+        # The newest slot is two minutes late: past the on-time grace of "none".
+        (CatchUp.NONE, ["missed"] * 3),
+    ],
+)
+def test_downtime_is_caught_up_per_the_schedule_policy(engine, catchup, expected):
+    task = make_task("hb", interval=every(300), catchup=catchup)
+    # Beat was down from T0 until 17 minutes later: slots at 5, 10 and 15 minutes passed.
+    engine.load(now=T0 + timedelta(minutes=17))
+
+    engine.tick(now=T0 + timedelta(minutes=17))
+
+    assert [status for _, status in runs_of(task)] == expected
+    assert [slot for slot, _ in runs_of(task)] == [T0 + timedelta(minutes=m) for m in (5, 10, 15)]
+
+
+def test_slots_past_the_starting_deadline_are_recorded_missed(engine):
+    task = make_task("hb", interval=every(60), catchup=CatchUp.ALL, deadline=120)
+    engine.load(now=T0 + timedelta(seconds=330))
+
+    engine.tick(now=T0 + timedelta(seconds=330))
+
+    statuses = [status for _, status in runs_of(task)]
+    # 60..180 s are more than 120 s old at 330 s; 240 and 300 may still run.
+    assert statuses == ["missed", "missed", "missed", "queued", "queued"]
+
+
+def test_an_edit_reaches_the_engine_through_the_change_log(engine):
+    task = make_task("hb", interval=every(60))
+    engine.load(now=T0)
+    assert engine.entries[task.pk].pending == T0 + timedelta(seconds=60)
+
+    task.interval = every(10)
+    task.save()
+    engine.apply_changes(now=T0 + timedelta(seconds=1))
+
+    assert engine.entries[task.pk].interval == timedelta(seconds=10)
+    assert engine.entries[task.pk].pending == T0 + timedelta(seconds=10)
+
+
+def test_editing_a_shared_crontab_updates_every_task_that_uses_it(engine):
+    crontab = CrontabSchedule.objects.create(minute="0", hour="6", timezone="UTC")
+    tasks = [make_task(f"daily{i}", crontab=crontab) for i in range(3)]
+    engine.load(now=T0)
+
+    crontab.hour = "18"
+    crontab.save()
+    engine.apply_changes(now=T0)
+
+    for task in tasks:
+        assert engine.entries[task.pk].pending == datetime(2026, 11, 21, 18, 0, tzinfo=UTC)
+
+
+def test_a_disabled_or_deleted_task_stops_firing(engine):
+    kept, disabled, deleted = (make_task(n, interval=every(60)) for n in ("kept", "disabled", "deleted"))
+    engine.load(now=T0)
+
+    update_schedules(PeriodicTask.objects.filter(pk=disabled.pk), enabled=False)
+    deleted.delete()
+    engine.apply_changes(now=T0)
+    engine.tick(now=T0 + timedelta(seconds=60))
+
+    assert [r.schedule_id for r in JobRun.objects.all()] == [kept.pk]
+
+
+def test_a_raw_sql_edit_is_caught_by_reconcile(engine):
+    task = make_task("hb", interval=every(60))
+    engine.load(now=T0)
+
+    PeriodicTask.objects.filter(pk=task.pk).update(interval=every(5))  # no signal, no change log
+    engine.apply_changes(now=T0)
+    assert engine.entries[task.pk].interval == timedelta(seconds=60)
+
+    assert engine.reconcile(now=T0) == 1
+    assert engine.entries[task.pk].interval == timedelta(seconds=5)
+
+
+def test_update_schedules_refuses_to_bypass_job_validation():
+    with pytest.raises(ValueError, match="cannot change"):
+        update_schedules(PeriodicTask.objects.all(), task="no.such.job")
+
+
+def test_a_one_off_clocked_schedule_fires_once(engine):
+    from django_celery_beat.models import ClockedSchedule
+
+    clocked = ClockedSchedule.objects.create(clocked_time=T0 + timedelta(seconds=30))
+    task = PeriodicTask.objects.create(name="once", task="heartbeat", clocked=clocked, one_off=True)
+    SchedulePolicy.objects.filter(task=task).update(created_at=T0)
+    engine.load(now=T0)
+
+    engine.tick(now=T0 + timedelta(seconds=31))
+    engine.tick(now=T0 + timedelta(seconds=90))
+
+    assert len(runs_of(task)) == 1
+
+
+def test_jitter_delays_dispatch_but_keeps_the_slot(engine):
+    task = make_task("hb", interval=every(60))
+    SchedulePolicy.objects.filter(task=task).update(jitter=30)
+    engine.load(now=T0)
+    fire_at = engine.heap[0][0]
+    slot = T0 + timedelta(seconds=60)
+
+    assert slot <= fire_at < slot + timedelta(seconds=30)
+    engine.tick(now=fire_at)
+    assert runs_of(task) == [(slot, RunStatus.QUEUED)]
