@@ -52,7 +52,7 @@ def test_a_batch_claims_only_the_slots_nobody_claimed_yet(entry):
 
 def test_a_claimed_run_carries_its_deadline_and_waits_in_the_outbox(entry):
     (run,) = claim(entry, SLOT)
-    run.refresh_from_db()
+    run = JobRun.objects.get(pk=run.pk)
 
     assert run.status == RunStatus.QUEUED
     assert run.enqueued_at is None  # not yet published: the outbox
@@ -66,7 +66,7 @@ def test_it_records_skipped_when_the_previous_run_is_still_running(entry):
 
     (second,) = claim(entry, SLOT + timedelta(minutes=1))
 
-    second.refresh_from_db()
+    second = JobRun.objects.get(pk=second.pk)
     assert second.status == RunStatus.SKIPPED
     assert second.finished_at is not None
 
@@ -82,6 +82,6 @@ def test_the_claim_advances_the_schedule_state_in_the_same_transaction(entry):
 def test_a_missed_slot_is_recorded_and_not_published(entry):
     (run,) = claim(entry, SLOT, outcome=MISSED)
 
-    run.refresh_from_db()
+    run = JobRun.objects.get(pk=run.pk)
     assert run.status == RunStatus.MISSED
     assert run.finished_at is not None

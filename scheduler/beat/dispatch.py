@@ -5,8 +5,8 @@ Guarantees:
   slot) in one transaction under the ``one_run_per_slot`` unique constraint;
   rows another beat (or an earlier life of this one) inserted first are not
   ours, and we do not publish them.
-- **Fenced.** The same transaction first re-checks the leader lease
-  (``fence``); a beat that lost it claims nothing (``LeaseLost``).
+- **Fenced.** The same transaction re-checks the leader lease before it
+  commits (``fence``); a beat that lost it claims nothing (``LeaseLost``).
 - **State advances with the claim.** Each schedule's ``last_slot_at`` is
   written in that transaction, so a restarted beat resumes after it.
 - **No holes.** Slots that will not run are claimed too, as ``missed`` (catch-up
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from celery import Celery
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from jobs.client import CHUNK, chunks, publish_runs
@@ -57,10 +57,41 @@ def schedules_with_active_runs(task_ids: Sequence[int]) -> dict[int, list[JobRun
     return active
 
 
-def _run_for(planned: PlannedSlot, status: RunStatus, now: datetime, message: str = "") -> JobRun:
+@dataclass(slots=True)
+class ClaimedRun:
+    """A run as beat inserts and publishes it (no model instance: bursts are large)."""
+
+    id: uuid.UUID
+    schedule_id: int
+    schedule_name: str
+    job: str
+    args: list
+    kwargs: dict
+    queue: str
+    soft_time_limit: int | None
+    hard_time_limit: int | None
+    scheduled_for: datetime
+    deadline: datetime
+    status: str
+    finished_at: datetime | None
+    error_message: str
+
+    @property
+    def pk(self) -> uuid.UUID:
+        return self.id
+
+
+# The columns beat writes; the rest take their defaults ('' or NULL, attempt 0).
+INSERT_COLUMNS = (
+    "id", "schedule_id", "schedule_name", "job", "args", "kwargs", "queue", "soft_time_limit",
+    "hard_time_limit", "scheduled_for", "deadline", "status", "finished_at", "error_message",
+    "attempt", "worker", "error_type", "traceback", "created_at",
+)  # fmt: skip
+
+
+def _run_for(planned: PlannedSlot, status: RunStatus, now: datetime, message: str = "") -> ClaimedRun:
     entry = planned.entry
-    finished = status not in (RunStatus.QUEUED,)
-    return JobRun(
+    return ClaimedRun(
         id=uuid.uuid4(),
         schedule_id=entry.task_id,
         schedule_name=entry.name,
@@ -73,9 +104,54 @@ def _run_for(planned: PlannedSlot, status: RunStatus, now: datetime, message: st
         scheduled_for=planned.slot,
         deadline=planned.slot + entry.starting_deadline,
         status=status,
-        finished_at=now if finished else None,
+        finished_at=None if status == RunStatus.QUEUED else now,
         error_message=message,
     )
+
+
+def _row(run: ClaimedRun, now: datetime) -> tuple:
+    return (
+        run.id, run.schedule_id, run.schedule_name[:200], run.job, json.dumps(run.args),
+        json.dumps(run.kwargs), run.queue, run.soft_time_limit, run.hard_time_limit,
+        run.scheduled_for, run.deadline, str(run.status), run.finished_at, run.error_message,
+        0, "", "", "", now,
+    )  # fmt: skip
+
+
+def insert_runs(runs: Sequence[ClaimedRun], now: datetime) -> set[uuid.UUID]:
+    """Insert ``runs``, skipping slots already claimed; return the ids inserted.
+
+    PostgreSQL: COPY into a temporary table, then one INSERT … ON CONFLICT DO
+    NOTHING RETURNING id (10,000 rows in a fraction of a second; the ORM's
+    bulk_create spends most of its time preparing values). Elsewhere (SQLite):
+    the ORM, then a read-back of which ids exist.
+    """
+    table = JobRun._meta.db_table
+    columns = ", ".join(INSERT_COLUMNS)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE IF NOT EXISTS beat_claims "  # noqa: S608 (no user input)
+                f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            raw = cursor.cursor  # psycopg's own cursor, for COPY
+            with raw.copy(f"COPY beat_claims ({columns}) FROM STDIN") as copy:
+                for run in runs:
+                    copy.write_row(_row(run, now))
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM beat_claims "  # noqa: S608
+                "ON CONFLICT (schedule_id, scheduled_for) DO NOTHING RETURNING id"
+            )
+            return {row[0] for row in cursor.fetchall()}
+    JobRun.objects.bulk_create(
+        [JobRun(**{c: v for c, v in zip(INSERT_COLUMNS, _row(run, now), strict=True)}) for run in runs],
+        ignore_conflicts=True,
+        batch_size=CHUNK,
+    )
+    ours: set[uuid.UUID] = set()
+    for chunk in chunks([r.id for r in runs]):
+        ours.update(JobRun.objects.filter(pk__in=chunk).values_list("pk", flat=True))
+    return ours
 
 
 def _advance_last_slots(planned: Sequence[PlannedSlot]) -> None:
@@ -95,7 +171,7 @@ def claim_slots(
     planned: Sequence[PlannedSlot],
     fence: Callable[[], None] | None = None,
     now: datetime | None = None,
-) -> tuple[list[JobRun], list[JobRun]]:
+) -> tuple[list[ClaimedRun], list[JobRun]]:
     """Insert the runs of ``planned`` slots; return (ours to publish, ours to revoke).
 
     ``skip`` overlap: a slot of a schedule with a run still queued or running
@@ -106,8 +182,6 @@ def claim_slots(
         return [], []
     now = now or timezone.now()
     with transaction.atomic():
-        if fence is not None:
-            fence()
         overlapping = [p.entry.task_id for p in planned if p.outcome == RUN and p.entry.overlap != Overlap.ALLOW]
         active = schedules_with_active_runs(overlapping) if overlapping else {}
         runs, to_revoke = [], []
@@ -120,10 +194,7 @@ def claim_slots(
                 if p.entry.task_id in active and p.entry.overlap == Overlap.REPLACE:
                     to_revoke.extend(active.pop(p.entry.task_id))
                 runs.append(_run_for(p, RunStatus.QUEUED, now))
-        JobRun.objects.bulk_create(runs, ignore_conflicts=True, batch_size=CHUNK)
-        ours: set[uuid.UUID] = set()
-        for chunk in chunks([r.pk for r in runs]):
-            ours.update(JobRun.objects.filter(pk__in=chunk).values_list("pk", flat=True))
+        ours = insert_runs(runs, now)
         _advance_last_slots(planned)
         for old in to_revoke:
             replaced_status = RunStatus.SKIPPED if old.status != RunStatus.RUNNING else RunStatus.FAILED
@@ -131,6 +202,10 @@ def claim_slots(
                 status=replaced_status, finished_at=now, error_type="Replaced",
                 error_message="replaced by a newer slot (overlap policy: replace)",
             )
+        if fence is not None:
+            # Last, so the lease row is locked only for an instant: a deposed
+            # leader's whole claim rolls back here.
+            fence()
     return [r for r in runs if r.pk in ours], to_revoke
 
 

@@ -93,13 +93,16 @@ class Lease:
         return self.token is not None
 
     def fence(self, now: datetime | None = None) -> None:
-        """Inside a claim's transaction: raise ``LeaseLost`` unless we still lead."""
+        """Inside a claim's transaction: raise ``LeaseLost`` unless we still lead.
+
+        Passing the check is proof of life, so it also extends the lease.
+        """
         now = now or timezone.now()
         if self.token is None:
             raise LeaseLost(f"{self.holder} does not hold the lease")
         still_ours = BeatLease.objects.filter(
             name=self.name, holder=self.holder, token=self.token, expires_at__gt=now
-        ).update(renewed_at=now)
+        ).update(renewed_at=now, expires_at=now + self.ttl)
         if not still_ours:
             self.token = None
             raise LeaseLost(f"{self.holder} lost the lease before claiming")
