@@ -182,8 +182,8 @@ def parse_cron(expression: str) -> None:
 def _first_match_at_or_after(compiled: _Compiled, wall: int) -> int | None:
     """The first whole wall minute ≥ ``wall`` (wall seconds) that matches, or ``None``.
 
-    Same answer as croniter's ``get_next`` from one second earlier, which is
-    what the fallback asks; ``None`` when croniter would find nothing.
+    Same answer as croniter's ``get_next`` from one second earlier (which is
+    what the fallback asks); ``None`` when croniter would find nothing.
     """
     if not compiled.fast:
         return _croniter_match_at_or_after(compiled, wall)
@@ -192,29 +192,56 @@ def _first_match_at_or_after(compiled: _Compiled, wall: int) -> int | None:
     day, second_of_day = divmod(wall, _DAY)
     times = compiled.times
     i = bisect.bisect_left(times, -(-second_of_day // 60))  # round up to a whole minute
-    if compiled.every_day:
-        if i < len(times):
-            return day * _DAY + times[i] * 60
-        return (day + 1) * _DAY + times[0] * 60
     if i == len(times):  # nothing left today: the first time of a later day
         day, i = day + 1, 0
-    ordinal = day + _EPOCH_ORDINAL
-    months, days, weekdays, either_day = compiled.months, compiled.days, compiled.weekdays, compiled.either_day
-    horizon = ordinal + _SEARCH_YEARS * 366
-    while ordinal <= horizon:
-        d = date.fromordinal(ordinal)
-        if not months >> d.month & 1:
-            # Skip the rest of a month that cannot match (keeps "29 2" cheap).
-            ordinal += calendar.monthrange(d.year, d.month)[1] - d.day + 1
-            i = 0
-            continue
-        on_day = days >> d.day & 1
-        on_weekday = weekdays >> ordinal % 7 & 1  # ordinal 7 (0001-01-07) is a Sunday
-        if (on_day or on_weekday) if either_day else (on_day and on_weekday):
-            return (ordinal - _EPOCH_ORDINAL) * _DAY + times[i] * 60
-        ordinal += 1
-        i = 0
-    return None
+    if not compiled.every_day:
+        ordinal = day + _EPOCH_ORDINAL
+        matching = _first_day_on_or_after(compiled, ordinal)
+        if matching is None:
+            return None
+        if matching != ordinal:
+            day, i = matching - _EPOCH_ORDINAL, 0
+    return day * _DAY + times[i] * 60
+
+
+_MONTH_LENGTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _first_day_on_or_after(compiled: _Compiled, ordinal: int) -> int | None:
+    """The first date (proleptic ordinal) ≥ ``ordinal`` whose month, day and weekday match.
+
+    Jumps instead of walking: to the next allowed month, then inside it to
+    the next allowed day of the month and the next allowed weekday (both by
+    bit arithmetic), combined by croniter's rule. Gives up, like croniter,
+    after ``_SEARCH_YEARS`` years.
+    """
+    months, days, weekdays = compiled.months, compiled.days, compiled.weekdays
+    start = date.fromordinal(ordinal)
+    year, month, day = start.year, start.month, start.day
+    last_year = year + _SEARCH_YEARS
+    while True:
+        if months >> month & 1:
+            length = 29 if month == 2 and calendar.isleap(year) else _MONTH_LENGTH[month]
+            later_days = days >> day  # bit k: day + k is allowed
+            by_day = day + (later_days & -later_days).bit_length() - 1 if later_days else 99
+            # Weekdays from today's on, as a 7-bit ring; ordinal 7 (0001-01-07) is a Sunday.
+            ring = ((weekdays | weekdays << 7) >> ordinal % 7) & 0x7F
+            by_weekday = day + (ring & -ring).bit_length() - 1
+            # OR rule: whichever comes first. Otherwise at least one side is
+            # "*" (it answers ``day`` itself), so the later one satisfies both.
+            first = min(by_day, by_weekday) if compiled.either_day else max(by_day, by_weekday)
+            if first <= length:
+                return ordinal + first - day
+        later_months = months >> (month + 1)
+        if later_months:
+            month += (later_months & -later_months).bit_length()
+        else:
+            year += 1
+            if year > last_year:
+                return None
+            month = (months & -months).bit_length() - 1
+        day = 1
+        ordinal = date(year, month, 1).toordinal()
 
 
 def _croniter_match_at_or_after(compiled: _Compiled, wall: int) -> int | None:
