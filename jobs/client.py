@@ -84,6 +84,9 @@ def publish_runs(app: Celery, runs: Sequence[JobRun], now: datetime | None = Non
         return 0
     origin = f"beatplatform@{socket.gethostname()}"
     with app.connection_for_write() as connection:
+        # Fail fast when the broker is down (kombu's default retries block for
+        # seconds); the caller keeps the runs in the outbox and tries later.
+        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
         producer = connection.Producer()
         with producer.batch(max_size=1000):
             for run in queued:

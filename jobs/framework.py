@@ -155,6 +155,12 @@ class JobTask(Task):
                 report_to_sentry(run, exc, timeout="hard")
 
 
+def route_to_job_queue(name, args, kwargs, options, task=None, **_kw):
+    """Celery router: a job sent by name without a queue goes to its default queue."""
+    spec = JOB_SPECS.get(name)
+    return {"queue": spec.queue} if spec else None
+
+
 def job(
     name: str,
     *,
@@ -193,7 +199,6 @@ def job(
             fn,
             name=name,
             base=JobTask,
-            queue=queue,
             soft_time_limit=soft,
             time_limit=hard,
             max_retries=max_retries,

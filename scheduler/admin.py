@@ -10,6 +10,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
+from django.forms.models import BaseInlineFormSet
 from django_celery_beat.admin import CrontabScheduleAdmin as BeatCrontabAdmin
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.admin import PeriodicTaskForm as BeatPeriodicTaskForm
@@ -43,8 +44,24 @@ class PeriodicTaskForm(BeatPeriodicTaskForm):
         return data
 
 
+class PolicyFormSet(BaseInlineFormSet):
+    def save_new(self, form, commit=True):
+        """Update the policy row the task's post-save signal already created.
+
+        Saving a second "new" row with the same primary key would turn into an
+        UPDATE that blanks the fields the form does not show (created_at, slug).
+        """
+        policy, _ = SchedulePolicy.objects.get_or_create(task=self.instance)
+        for name in form.changed_data:
+            setattr(policy, name, form.cleaned_data[name])
+        if commit:
+            policy.save()
+        return policy
+
+
 class SchedulePolicyInline(admin.StackedInline):
     model = SchedulePolicy
+    formset = PolicyFormSet
     can_delete = False
     min_num = 0
     max_num = 1

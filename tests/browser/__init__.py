@@ -1,0 +1,1 @@
+"""Browser tests: the Django admin in real headless Chromium (Debian package)."""

@@ -1,0 +1,135 @@
+"""Beat through outages: Redis stopped for 30 s, the database unreachable for 30 s.
+
+Real beat subprocesses. Redis is a server this test starts on its own port
+(append-only, so it keeps its queue across the restart); the database outage
+is a TCP proxy in front of the test database that the test cuts.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from datetime import timedelta
+
+import pytest
+import redis
+from django.db import connection
+from django.utils import timezone
+
+from jobs.models import JobRun, RunStatus
+from scheduler.embedded_redis import redis_server_binary, wait_for_redis
+from tests.support.processes import start_beat
+from tests.support.schedules import assert_no_holes, make_interval_schedules, queued_ids, slots_by_schedule
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+OUTAGE_SECONDS = 30
+EVERY = 5
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(port: int, data_dir) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for_redis(f"redis://127.0.0.1:{port}/0", timeout=15)
+    return process
+
+
+def floor_to(seconds: int):
+    now = timezone.now()
+    return now - timedelta(seconds=now.timestamp() % seconds)
+
+
+def test_beat_survives_a_redis_outage_and_publishes_every_claimed_slot(service_env, logs_dir, tmp_path, catalog):
+    port = free_port()
+    broker = start_redis(port, tmp_path)
+    queue = "outage-redis"
+    ids = make_interval_schedules(50, EVERY, floor_to(EVERY), queue, prefix="redis-outage")
+    env = {**service_env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    beat = start_beat(env, logs_dir, "redis-outage")
+    try:
+        beat.wait_for_log("beat engine loaded", timeout=60)
+        time.sleep(EVERY * 2)
+        broker.terminate()
+        broker.wait(timeout=10)
+        time.sleep(OUTAGE_SECONDS)
+        assert beat.process.poll() is None, "beat crashed while Redis was down"
+        broker = start_redis(port, tmp_path)
+        time.sleep(EVERY * 3)
+        assert beat.process.poll() is None
+    finally:
+        beat.stop()
+        client = redis.Redis(port=port)
+        published = queued_ids(client, queue)
+        broker.terminate()
+        broker.wait(timeout=10)
+
+    found = slots_by_schedule(ids)
+    first = min(min(s) for s in found.values())
+    last = max(max(s) for s in found.values())
+    assert last - first >= timedelta(seconds=OUTAGE_SECONDS + EVERY * 4)
+    assert_no_holes(ids, EVERY, first, last)
+    runs = JobRun.objects.filter(schedule_id__in=ids)
+    # Beat kept claiming during the outage (the database was up); every claim
+    # reached the broker once Redis was back, none was lost or missed.
+    assert set(runs.values_list("status", flat=True)) == {RunStatus.QUEUED}
+    assert not runs.filter(enqueued_at__isnull=True).exists()
+    assert {str(pk) for pk in runs.values_list("pk", flat=True)} <= set(published)
+    assert "could not publish" in beat.log()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL over TCP to cut")
+def test_beat_waits_out_a_database_outage_and_records_the_slots_it_could_not_run(
+    service_env, logs_dir, redis_client, catalog
+):
+    settings_dict = connection.settings_dict
+    proxy = TcpProxy(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432))
+    queue = "outage-db"
+    redis_client.delete(queue)
+    ids = make_interval_schedules(50, EVERY, floor_to(EVERY), queue, prefix="db-outage")
+    url = service_env["DATABASE_URL"].replace(
+        f":{settings_dict['PORT'] or 5432}/", f":{proxy.port}/"
+    )
+    assert str(proxy.port) in url
+    beat = start_beat({**service_env, "DATABASE_URL": url}, logs_dir, "db-outage")
+    try:
+        beat.wait_for_log("beat engine loaded", timeout=60)
+        time.sleep(EVERY * 2)
+        cut_at = timezone.now()
+        proxy.cut()
+        time.sleep(OUTAGE_SECONDS)
+        assert beat.process.poll() is None, "beat crashed while the database was down"
+        proxy.restore()
+        restored_at = timezone.now()
+        time.sleep(EVERY * 3)
+    finally:
+        beat.stop()
+        proxy.close()
+
+    log = beat.log()
+    assert log.count("cannot reach the database or broker") == 1, "log once per outage"
+    assert "recovered" in log
+    found = slots_by_schedule(ids)
+    first = min(min(s) for s in found.values())
+    last = max(max(s) for s in found.values())
+    assert last > restored_at
+    assert_no_holes(ids, EVERY, first, last)
+    during = JobRun.objects.filter(
+        schedule_id__in=ids, scheduled_for__gt=cut_at + timedelta(seconds=EVERY),
+        scheduled_for__lt=restored_at - timedelta(seconds=EVERY),
+    )
+    # Catch-up "latest" (the default): of the slots that passed during the
+    # outage each schedule ran only the newest; the others are recorded missed.
+    assert during.filter(status=RunStatus.MISSED).count() >= 50 * 3
+    assert not JobRun.objects.filter(schedule_id__in=ids, status=RunStatus.QUEUED, enqueued_at__isnull=True).exists()
