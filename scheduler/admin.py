@@ -70,10 +70,12 @@ class SchedulePolicyInline(admin.StackedInline):
         ("soft_time_limit", "hard_time_limit"),
         "queue",
         ("catchup", "overlap"),
-        "starting_deadline",
+        ("starting_deadline", "jitter"),
         "slug",
+        "problem",
+        "last_slot_at",
     )
-    readonly_fields = ("slug",)
+    readonly_fields = ("slug", "problem", "last_slot_at")
 
 
 admin.site.unregister(PeriodicTask)
@@ -83,6 +85,13 @@ admin.site.unregister(PeriodicTask)
 class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
     form = PeriodicTaskForm
     inlines = [SchedulePolicyInline]
+    list_display = (*BeatPeriodicTaskAdmin.list_display, "problem")
+    list_select_related = ("policy", "interval", "crontab", "solar", "clocked")
+
+    @admin.display(description="problem")
+    def problem(self, task: PeriodicTask) -> str:
+        policy = getattr(task, "policy", None)
+        return policy.problem if policy else ""
 
 
 class CrontabForm(forms.ModelForm):

@@ -9,6 +9,7 @@ guarantee that every run ends.
 from __future__ import annotations
 
 import os
+import threading
 
 from celery import Celery, signals
 
@@ -44,8 +45,30 @@ def _refuse_pools_without_time_limits(sender=None, **_kwargs) -> None:
     check_pool_enforces_time_limits(sender.pool_cls)
 
 
-@signals.worker_ready.connect
-def _publish_job_catalog(sender=None, **_kwargs) -> None:
-    from jobs.catalog import publish_catalog
+_presence_stop = threading.Event()
 
-    publish_catalog(worker=sender.hostname if sender else "")
+
+@signals.worker_ready.connect
+def _announce_worker(sender=None, **_kwargs) -> None:
+    """Publish the job catalog and this worker's presence (refreshed in the background)."""
+    from jobs.catalog import publish_catalog
+    from jobs.framework import JOB_SPECS
+    from scheduler.presence import keep_presence_fresh, record_worker
+
+    hostname = sender.hostname
+    publish_catalog(worker=hostname)
+    queues = sorted(q.name for q in sender.task_consumer.queues) if sender.task_consumer else []
+    jobs = sorted(JOB_SPECS)
+    record_worker(hostname, queues, jobs)
+    threading.Thread(
+        target=keep_presence_fresh, args=(hostname, queues, jobs, _presence_stop), daemon=True
+    ).start()
+
+
+@signals.worker_shutdown.connect
+def _withdraw_worker(sender=None, **_kwargs) -> None:
+    from scheduler.presence import forget_worker
+
+    _presence_stop.set()
+    if sender is not None:
+        forget_worker(sender.hostname)

@@ -136,6 +136,9 @@ class BeatLease(models.Model):
     token = models.BigIntegerField(default=0)
     expires_at = models.DateTimeField()
     renewed_at = models.DateTimeField(null=True, blank=True)
+    status = models.JSONField(
+        default=dict, blank=True, help_text="The leader's view, for `manage.py beatstatus`."
+    )
 
     def __str__(self) -> str:
         return f"{self.name}: {self.holder or 'nobody'} (token {self.token})"

@@ -28,6 +28,7 @@ def add_form(interval: IntervalSchedule, **fields) -> dict:
         "policy-MAX_NUM_FORMS": "1",
         "policy-0-catchup": "latest",
         "policy-0-overlap": "skip",
+        "policy-0-jitter": "0",
     }
     data.update(fields)
     return data

@@ -34,6 +34,7 @@ from scheduler.beat.dispatch import MISSED, RUN, PlannedSlot
 from scheduler.beat.entries import Entry, ensure_policies, entry_from_row, fetch_rows, job_defaults
 from scheduler.changes import ChangeFeed
 from scheduler.models import CatchUp
+from scheduler.presence import flag_unserved
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 # older ones are skipped over (and counted in the log), which bounds the work
 # after a long outage at the price of not recording every missed slot.
 MAX_CATCHUP_SLOTS = 100
+# How often beat compares schedules with what live workers serve.
+PRESENCE_CHECK_SECONDS = 60.0
 # Slots claimed per transaction (see BeatEngine.dispatch).
 CLAIM_BATCH = 2000
 # catchup=none still runs a slot this late (a tick is never exactly on time).
@@ -95,6 +98,7 @@ class BeatEngine:
         self._versions = itertools.count(1)
         self.next_poll = 0.0
         self.next_reconcile = 0.0
+        self.next_presence_check = 0.0
         self.outbox_dirty = False
         self.loaded = False
 
@@ -226,6 +230,9 @@ class BeatEngine:
         if clock >= self.next_reconcile:
             self.reconcile(now)
             self.next_reconcile = clock + self.reconcile_interval
+        if clock >= self.next_presence_check:
+            flag_unserved(self.entries.values(), now)
+            self.next_presence_check = clock + PRESENCE_CHECK_SECONDS
         if self.outbox_dirty:
             self.flush_outbox()
         now = now or timezone.now()
@@ -274,6 +281,19 @@ class BeatEngine:
             wait = min(wait, (self.heap[0][0] - now).total_seconds())
         wait = min(wait, max(0.0, self.next_poll - time.monotonic()))
         return max(0.0, wait)
+
+    def status(self) -> dict:
+        """A small JSON view of the engine for ``manage.py beatstatus``."""
+        return {
+            "schedules": len(self.entries),
+            "heap": len(self.heap),
+            "change_cursor": self.feed.cursor,
+            "outbox_blocked": self.outbox_dirty,
+            "next_due": [
+                {"slot": slot.isoformat(), "schedule": entry.name, "job": entry.job}
+                for slot, entry in self.next_due(10)
+            ],
+        }
 
     def next_due(self, count: int = 10) -> list[tuple[datetime, Entry]]:
         upcoming = []

@@ -65,7 +65,7 @@ class Lease:
         except IntegrityError:
             pass  # another beat created it first
 
-    def acquire_or_renew(self, now: datetime | None = None) -> bool:
+    def acquire_or_renew(self, now: datetime | None = None, status: dict | None = None) -> bool:
         """Renew our lease, or take it if it expired; return whether we hold it.
 
         Taking it increments the token. Losing it (another process took it after
@@ -74,9 +74,12 @@ class Lease:
         now = now or timezone.now()
         expires = now + self.ttl
         if self.token is not None:
+            fields = {"expires_at": expires, "renewed_at": now}
+            if status is not None:
+                fields["status"] = status
             renewed = BeatLease.objects.filter(
                 name=self.name, holder=self.holder, token=self.token
-            ).update(expires_at=expires, renewed_at=now)
+            ).update(**fields)
             if renewed:
                 return True
             logger.warning("beat %s lost the lease (token %s)", self.holder, self.token)

@@ -74,7 +74,7 @@ class DatabaseBeat(Scheduler):
         clock = time.monotonic()
         if clock >= self._next_lease_check:
             was_leader = self.engine is not None
-            leads = self.lease.acquire_or_renew()
+            leads = self.lease.acquire_or_renew(status=self.engine.status() if self.engine else None)
             self._next_lease_check = clock + self.lease.renew_every
             if leads and not was_leader:
                 logger.warning("beat %s now LEADS (fencing token %s)", self.lease.holder, self.lease.token)

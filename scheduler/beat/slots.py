@@ -101,7 +101,8 @@ class _Compiled:
     # croniter's day rule: when neither day field expanded to ``*`` a day
     # matches if either does (the standard OR), otherwise both must.
     either_day: bool = False
-    every_day: bool = False  # month, day and weekday all ``*``: only times matter
+    every_day: bool = False  # every date matches: only the time of day matters
+    weekdays_only: bool = False  # every month and day of the month: only the weekday matters
     never: bool = False  # no date ever matches (say "31 2"): croniter raises, we return None
     # croniter objects keep the search position in themselves; one lock per
     # expression keeps set_current + get_next atomic if threads share it.
@@ -169,7 +170,15 @@ def _compile(expression: str) -> _Compiled:
         days=days,
         weekdays=weekdays,
         either_day=either_day,
-        every_day=months == all_months and days == all_days and weekdays == all_weekdays,
+        # "1-31" or "0-6" beside a restricted other day field is every day under
+        # the OR rule ("0 0 1-31 * 1" fires daily), as croniter has it.
+        every_day=months == all_months
+        and (
+            (days == all_days or weekdays == all_weekdays)
+            if either_day
+            else (days == all_days and weekdays == all_weekdays)
+        ),
+        weekdays_only=months == all_months and not either_day and days == all_days,
         never=never,
     )
 
@@ -194,13 +203,19 @@ def _first_match_at_or_after(compiled: _Compiled, wall: int) -> int | None:
     i = bisect.bisect_left(times, -(-second_of_day // 60))  # round up to a whole minute
     if i == len(times):  # nothing left today: the first time of a later day
         day, i = day + 1, 0
-    if not compiled.every_day:
-        ordinal = day + _EPOCH_ORDINAL
-        matching = _first_day_on_or_after(compiled, ordinal)
-        if matching is None:
-            return None
-        if matching != ordinal:
-            day, i = matching - _EPOCH_ORDINAL, 0
+    if compiled.every_day:
+        return day * _DAY + times[i] * 60
+    ordinal = day + _EPOCH_ORDINAL
+    if compiled.weekdays_only:
+        # The next allowed weekday from this one on: no calendar needed.
+        ring = ((compiled.weekdays | compiled.weekdays << 7) >> ordinal % 7) & 0x7F
+        ahead = (ring & -ring).bit_length() - 1
+        return (day + ahead) * _DAY + times[0 if ahead else i] * 60
+    matching = _first_day_on_or_after(compiled, ordinal)
+    if matching is None:
+        return None
+    if matching != ordinal:
+        day, i = matching - _EPOCH_ORDINAL, 0
     return day * _DAY + times[i] * 60
 
 
@@ -315,7 +330,7 @@ def _seconds(instant: datetime) -> int:
 @lru_cache(maxsize=8192)
 def _offsets(zone_key: str, year: int) -> _Offsets:
     zone = ZoneInfo(zone_key)
-    changes = _transitions(zone_key, year - 1) + _transitions(zone_key, year) + _transitions(zone_key, year + 1)
+    changes = sum((_transitions(zone_key, y) for y in (year - 1, year, year + 1)), ())
     first = datetime(year - 1, 1, 1, tzinfo=UTC)
     return _Offsets(
         low=_seconds(datetime(year, 1, 1, tzinfo=UTC)),
@@ -347,37 +362,42 @@ def next_cron_slot(spec: CronSpec, after: datetime) -> datetime | None:
 
     Slots are whole minutes of the wall clock, so the answer is at least one
     minute boundary after ``after``; ``None`` if the expression can never
-    match (like "0 0 31 2 *"). Raises ``InvalidCron`` for an expression
-    ``parse_cron`` refuses and ``ZoneInfoNotFoundError`` for an unknown zone.
+    match (like "0 0 31 2 *"). A naive ``after`` is read as system local
+    time. Raises ``InvalidCron`` for an expression ``parse_cron`` refuses and
+    ``ZoneInfoNotFoundError`` for an unknown zone.
     """
     compiled = _compile(spec.expression)
-    if after.tzinfo is None:  # naive means system local time, as astimezone() reads it
+    if after.tzinfo is not UTC:
         after = after.astimezone(UTC)
-    candidate = (after - _EPOCH) // MINUTE * 60 + 60
-    fixed_time = compiled.fixed_time
+    # The next whole UTC minute, exactly (no float timestamp rounding).
+    candidate = (after.toordinal() - _EPOCH_ORDINAL) * _DAY + after.hour * 3600 + after.minute * 60 + 60
+    zone_key, fixed_time = spec.timezone, compiled.fixed_time
+    table = _recent_offsets.get(zone_key)
     for _ in range(MAX_SEGMENTS):
-        table = _offsets_at(spec.timezone, candidate)
+        if table is None or not table.low <= candidate < table.high:
+            table = _offsets_at(zone_key, candidate)
         # The constant-offset segment [start, end) holding the candidate.
-        i = bisect.bisect_right(table.changes, candidate)
-        end = table.changes[i] if i < len(table.changes) else table.horizon
+        changes = table.changes
+        i = bisect.bisect_right(changes, candidate)
+        end = changes[i] if i < len(changes) else table.horizon
         offset = table.offsets[i - 1] if i else table.initial
         wall_from = candidate + offset
-        if i:
-            start = table.changes[i - 1]
+        if i and fixed_time:
+            start = changes[i - 1]
             previous_offset = table.offsets[i - 2] if i > 1 else table.initial
-            if fixed_time and offset > previous_offset and candidate == start:
+            if offset > previous_offset and candidate == start:
                 # Spring forward: wall times [start+prev, start+offset) never happened.
                 gap_match = _first_match_at_or_after(compiled, start + previous_offset)
                 if gap_match is not None and gap_match < wall_from:
-                    return _EPOCH + timedelta(seconds=start)
-            if fixed_time and offset < previous_offset:
+                    return datetime.fromtimestamp(start, UTC)
+            elif offset < previous_offset:
                 # Fall back: wall times before start+prev already fired once.
                 wall_from = max(wall_from, start + previous_offset)
         match = _first_match_at_or_after(compiled, wall_from)
         if match is None:
             return None
         if match < end + offset:
-            return _EPOCH + timedelta(seconds=match - offset)
+            return datetime.fromtimestamp(match - offset, UTC)
         candidate = end
     return None
 

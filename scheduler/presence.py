@@ -1,0 +1,79 @@
+"""Which workers are alive and what they serve; schedules nobody serves get flagged.
+
+Each worker's main process writes its row at start and every
+``REFRESH_SECONDS`` after (a daemon thread), and deletes it on shutdown. A row
+older than ``LIVE_SECONDS`` is a dead worker. Beat compares every schedule's
+(queue, job) with what live workers serve and writes a ``problem`` on the
+schedule's policy instead of letting its messages pile up unnoticed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
+
+from scheduler.models import SchedulePolicy, WorkerPresence
+
+logger = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 30
+LIVE_SECONDS = 90
+
+
+def record_worker(hostname: str, queues: list[str], jobs: list[str]) -> None:
+    WorkerPresence.objects.update_or_create(
+        hostname=hostname,
+        defaults={"queues": sorted(queues), "jobs": sorted(jobs), "last_seen_at": timezone.now()},
+    )
+
+
+def forget_worker(hostname: str) -> None:
+    WorkerPresence.objects.filter(hostname=hostname).delete()
+
+
+def keep_presence_fresh(hostname: str, queues: list[str], jobs: list[str], stop: threading.Event) -> None:
+    """Loop of the worker's presence thread."""
+    while not stop.wait(REFRESH_SECONDS):
+        try:
+            close_old_connections()
+            record_worker(hostname, queues, jobs)
+        except DatabaseError as exc:
+            logger.warning("worker presence not refreshed: %s", exc)
+
+
+def served_pairs(now=None) -> set[tuple[str, str]]:
+    now = now or timezone.now()
+    pairs = set()
+    for queues, jobs in WorkerPresence.objects.filter(
+        last_seen_at__gte=now - timedelta(seconds=LIVE_SECONDS)
+    ).values_list("queues", "jobs"):
+        pairs.update((q, j) for q in queues for j in jobs)
+    return pairs
+
+
+def unserved_problem(queue: str, job: str) -> str:
+    return f"no live worker serves job {job!r} on queue {queue!r}: its runs will wait in the queue"
+
+
+def flag_unserved(entries, now=None) -> int:
+    """Set or clear each schedule's ``problem``; return how many are flagged.
+
+    Writes only rows whose problem changes, with ``update()`` (no change-log
+    entry: a flag is not an edit of the schedule).
+    """
+    served = served_pairs(now)
+    wanted: dict[int, str] = {
+        e.task_id: ("" if (e.queue, e.job) in served else unserved_problem(e.queue, e.job))
+        for e in entries
+    }
+    current = dict(SchedulePolicy.objects.exclude(problem="").values_list("task_id", "problem"))
+    for task_id, problem in wanted.items():
+        if current.get(task_id, "") != problem:
+            SchedulePolicy.objects.filter(task_id=task_id).update(problem=problem)
+            if problem:
+                logger.warning("schedule %s: %s", task_id, problem)
+    return sum(1 for p in wanted.values() if p)
