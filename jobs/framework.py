@@ -116,6 +116,8 @@ class JobTask(Task):
             args=args,
             kwargs=kwargs,
             queue=delivery.get("routing_key") or "",
+            redelivered=bool(delivery.get("redelivered")),
+            max_attempts=(self.max_retries or 0) + 1,
         )
         if run is None:
             logger.info("%s[%s]: finished, running elsewhere or expired; ignored", self.name, request.id)

@@ -68,14 +68,21 @@ def start_run(
     args: list | tuple = (),
     kwargs: dict | None = None,
     queue: str = "",
+    redelivered: bool = False,
+    max_attempts: int = 1,
     now: datetime | None = None,
 ) -> JobRun | None:
     """Move a run to ``running`` and return it, or return ``None`` if it must not run.
 
     ``None`` means: the run already finished or is running elsewhere (a
-    redelivered message, acknowledged and ignored), or its starting deadline
+    duplicate message, acknowledged and ignored), or its starting deadline
     passed (recorded as ``missed``). A message with no run row (sent by plain
     Celery, not through beat or the client) gets one, scheduled for now.
+
+    A *redelivered* message for a run still marked ``running`` means the
+    worker running it died (the broker gave the unacked message back): that
+    attempt is lost. The run starts again as the next attempt if the job's
+    retry policy allows, else it is recorded ``lost``.
     """
     now = now or timezone.now()
     try:
@@ -94,6 +101,8 @@ def start_run(
             "status": RunStatus.QUEUED,
         },
     )
+    if run.status == RunStatus.RUNNING and redelivered:
+        return _take_over_lost_attempt(run, worker=worker, max_attempts=max_attempts, now=now)
     if run.status not in STARTABLE_STATUSES:
         return None
     if run.deadline is not None and now > run.deadline:
@@ -118,6 +127,32 @@ def start_run(
     for field, value in changed.items():
         setattr(run, field, value)
     return run
+
+
+def _take_over_lost_attempt(run: JobRun, *, worker: str, max_attempts: int, now: datetime) -> JobRun | None:
+    lost = f"attempt {run.attempt} was lost: its worker {run.worker or '?'} died while running it"
+    if run.attempt < max_attempts:
+        changed = {
+            "attempt": run.attempt + 1,
+            "started_at": now,
+            "worker": worker[:255],
+            "error_type": "WorkerLostError",
+            "error_message": lost,
+        }
+        won = JobRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING, attempt=run.attempt).update(**changed)
+        if not won:
+            return None
+        for field, value in changed.items():
+            setattr(run, field, value)
+        return run
+    JobRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING, attempt=run.attempt).update(
+        status=RunStatus.LOST,
+        finished_at=now,
+        duration_ms=max(0, _millis(now, run.started_at)) if run.started_at else None,
+        error_type="WorkerLostError",
+        error_message=lost,
+    )
+    return None
 
 
 def finish_run(

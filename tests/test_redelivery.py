@@ -1,0 +1,72 @@
+"""Redelivery is harmless: a finished run is not run again, a lost one is recorded, a late one is missed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from jobs.client import dispatch, publish_runs
+from jobs.models import JobRun, RunStatus
+from scheduler.celery import app
+from tests.conftest import wait_for_run
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_message_for_a_finished_run_is_acknowledged_and_ignored(worker, catalog, clean_queues):
+    run = wait_for_run(dispatch("heartbeat").pk)
+    assert run.status == RunStatus.SUCCEEDED
+
+    JobRun.objects.filter(pk=run.pk).update(status=RunStatus.QUEUED)  # publish_runs sends queued runs only
+    publish_runs(app, [JobRun.objects.get(pk=run.pk)])
+    JobRun.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED)
+    worker.wait_for_log(f"heartbeat[{run.pk}]: finished, running elsewhere or expired; ignored", timeout=30)
+
+    again = JobRun.objects.get(pk=run.pk)
+    assert (again.status, again.attempt, again.started_at) == (RunStatus.SUCCEEDED, run.attempt, run.started_at)
+
+
+def test_a_message_started_after_its_deadline_is_not_run_and_is_recorded_missed(worker, catalog, clean_queues):
+    run = dispatch("heartbeat", starting_deadline=1)
+    # Simulate a message that sat in the queue: its deadline is already behind.
+    JobRun.objects.filter(pk=run.pk).update(deadline=timezone.now() - timedelta(seconds=5))
+    publish_runs(app, [JobRun.objects.get(pk=run.pk)])
+
+    run = wait_for_run(run.pk, timeout=30)
+
+    assert run.status == RunStatus.MISSED
+    assert run.started_at is None
+    assert "not started by its deadline" in run.error_message
+
+
+def test_a_run_whose_worker_child_dies_is_recorded_lost(worker, catalog, clean_queues):
+    run = dispatch("diagnostics.sleep", kwargs={"seconds": 30}, soft_time_limit=50, hard_time_limit=60)
+    wait_for_run(run.pk, statuses={RunStatus.RUNNING}, timeout=30)
+
+    for child in children_of(worker.process.pid):  # the pool replaces killed children
+        os.kill(child, signal.SIGKILL)
+
+    run = wait_for_run(run.pk, timeout=60)
+    assert run.status == RunStatus.LOST
+    assert run.error_type == "WorkerLostError"
+    assert worker.process.poll() is None
+    time.sleep(1)
+    assert wait_for_run(dispatch("heartbeat").pk, timeout=45).status == RunStatus.SUCCEEDED
