@@ -98,6 +98,7 @@ def test_killing_the_leader_mid_burst_loses_and_duplicates_nothing(ha_env, logs_
     beats = [start_beat(ha_env, logs_dir, f"kill-{i}") for i in range(2)]
     rng = random.Random(20261121)
     kills = 0
+    takeovers: list[float] = []
     try:
         for rep in range(10):
             for beat in beats:  # a standby must be up before the leader dies
@@ -107,10 +108,13 @@ def test_killing_the_leader_mid_burst_loses_and_duplicates_nothing(ha_env, logs_
             sleep_until(boundary + timedelta(seconds=rng.uniform(0.05, 0.8)))  # mid-burst
             victim = leader(beats)
             os.kill(victim.process.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
             victim.process.wait(timeout=10)
             victim.stop()
             kills += 1
             beats.remove(victim)
+            leader(beats)  # the standby
+            takeovers.append(time.monotonic() - killed_at)
             beats.append(start_beat(ha_env, logs_dir, f"kill-{rep + 2}"))
         # The last takeover catches up and empties the outbox.
         time.sleep(LEASE_SECONDS * 2 + every)
@@ -119,6 +123,9 @@ def test_killing_the_leader_mid_burst_loses_and_duplicates_nothing(ha_env, logs_
             beat.stop()
 
     assert kills == 10
+    # A standby leads within 2 × lease of the leader's death (plus one loop of slack).
+    print(f"takeover after SIGKILL, seconds: {sorted(round(t, 2) for t in takeovers)}")
+    assert max(takeovers) <= 2 * LEASE_SECONDS + 1.0, takeovers
     found = slots_by_schedule(ids)
     first = min(min(s) for s in found.values())
     last = max(max(s) for s in found.values())
