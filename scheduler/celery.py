@@ -45,6 +45,23 @@ def _refuse_pools_without_time_limits(sender=None, **_kwargs) -> None:
     check_pool_enforces_time_limits(sender.pool_cls)
 
 
+@signals.worker_process_init.connect
+def _fresh_sentry_client_in_each_child(**_kwargs) -> None:
+    """A forked child must not reuse the parent's Sentry transport.
+
+    Its background thread and locks were copied mid-state by fork(); a child
+    forked while the parent was sending (e.g. a hard-timeout event) could block
+    or drop its own events. A new client gives it its own thread and queue.
+    """
+    from django.conf import settings
+
+    from scheduler.observability import init_sentry
+
+    if settings.SENTRY_DSN:
+        init_sentry(settings.SENTRY_DSN, environment=settings.SENTRY_ENVIRONMENT,
+                    traces_sample_rate=settings.SENTRY_TRACES_SAMPLE_RATE)
+
+
 _presence_stop = threading.Event()
 
 

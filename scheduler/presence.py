@@ -71,9 +71,13 @@ def flag_unserved(entries, now=None) -> int:
         for e in entries
     }
     current = dict(SchedulePolicy.objects.exclude(problem="").values_list("task_id", "problem"))
+    newly_flagged = []
     for task_id, problem in wanted.items():
         if current.get(task_id, "") != problem:
             SchedulePolicy.objects.filter(task_id=task_id).update(problem=problem)
             if problem:
-                logger.warning("schedule %s: %s", task_id, problem)
+                newly_flagged.append(problem)
+    if newly_flagged:
+        # One line, not one per schedule: 5,000 schedules on a dead queue are one problem.
+        logger.warning("%d schedules newly flagged, e.g. %s", len(newly_flagged), newly_flagged[0])
     return sum(1 for p in wanted.values() if p)

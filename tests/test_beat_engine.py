@@ -25,6 +25,7 @@ T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def engine(redis_client, clean_queues):
+    redis_client.delete(QUEUE)
     publish_catalog(worker="tests")
     from scheduler.celery import app
 
@@ -35,10 +36,14 @@ def every(seconds: int) -> IntervalSchedule:
     return IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)[0]
 
 
+# No test worker consumes this queue, so it shows exactly what beat published.
+QUEUE = "engine-tests"
+
+
 def make_task(name: str, *, interval=None, crontab=None, anchor=T0, catchup=CatchUp.LATEST, deadline=None):
     task = PeriodicTask.objects.create(name=name, task="heartbeat", interval=interval, crontab=crontab)
     SchedulePolicy.objects.filter(task=task).update(
-        anchor=anchor, created_at=anchor, catchup=catchup, starting_deadline=deadline
+        anchor=anchor, created_at=anchor, catchup=catchup, starting_deadline=deadline, queue=QUEUE
     )
     return task
 
@@ -47,7 +52,7 @@ def runs_of(task) -> list[tuple[datetime, str]]:
     return list(JobRun.objects.filter(schedule=task).order_by("scheduled_for").values_list("scheduled_for", "status"))
 
 
-def queued_message_ids(redis_client, queue: str = "heartbeat") -> list[str]:
+def queued_message_ids(redis_client, queue: str = QUEUE) -> list[str]:
     return [json.loads(m)["headers"]["id"] for m in redis_client.lrange(queue, 0, -1)]
 
 
@@ -70,7 +75,7 @@ def test_an_idle_tick_claims_nothing(engine):
 
     engine.tick(now=T0 + timedelta(seconds=59))
 
-    assert JobRun.objects.count() == 0
+    assert not JobRun.objects.filter(schedule__name="hb").exists()
 
 
 def test_a_restarted_engine_does_not_fire_a_slot_again(engine):
@@ -153,7 +158,9 @@ def test_a_disabled_or_deleted_task_stops_firing(engine):
     engine.apply_changes(now=T0)
     engine.tick(now=T0 + timedelta(seconds=60))
 
-    assert [r.schedule_id for r in JobRun.objects.all()] == [kept.pk]
+    fired = JobRun.objects.filter(schedule_id__in=[kept.pk, disabled.pk, deleted.pk])
+    assert [r.schedule_id for r in fired] == [kept.pk]
+    assert not JobRun.objects.filter(schedule_name="deleted").exists()
 
 
 def test_a_raw_sql_edit_is_caught_by_reconcile(engine):
@@ -178,7 +185,7 @@ def test_a_one_off_clocked_schedule_fires_once(engine):
 
     clocked = ClockedSchedule.objects.create(clocked_time=T0 + timedelta(seconds=30))
     task = PeriodicTask.objects.create(name="once", task="heartbeat", clocked=clocked, one_off=True)
-    SchedulePolicy.objects.filter(task=task).update(created_at=T0)
+    SchedulePolicy.objects.filter(task=task).update(created_at=T0, queue=QUEUE)
     engine.load(now=T0)
 
     engine.tick(now=T0 + timedelta(seconds=31))

@@ -128,9 +128,12 @@ def test_killing_the_leader_mid_burst_loses_and_duplicates_nothing(ha_env, logs_
     assert max(takeovers) <= 2 * LEASE_SECONDS + 1.0, takeovers
     found = slots_by_schedule(ids)
     first = min(min(s) for s in found.values())
-    last = max(max(s) for s in found.values())
+    # Claims commit in batches, so the burst in flight when the last beat
+    # stopped may be partly claimed: check up to the newest slot all schedules have.
+    last = min(max(s) for s in found.values())
     assert last - first >= timedelta(seconds=every * 9)
     assert_no_holes(ids, every, first, last)
+    assert all(len([s for s in slots if s > last]) <= 1 for slots in found.values())
     assert_every_run_published_once(redis_client, queue, ids)
 
 

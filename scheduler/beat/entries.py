@@ -9,9 +9,11 @@ until publish, which keeps memory per entry small.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from django.conf import settings
 from django.utils import timezone
@@ -56,7 +58,7 @@ class Entry:
     overlap: str
     jitter: int
     created_at: datetime
-    signature: tuple
+    signature: int  # hash of the row's columns but last_slot_at: cheaper to keep than the tuple
     cron: CronSpec | None = None
     interval: timedelta | None = None
     anchor: datetime | None = None
@@ -90,6 +92,12 @@ class Entry:
             return slot
         digest = hashlib.blake2b(f"{self.task_id}:{slot.isoformat()}".encode(), digest_size=4).digest()
         return slot + timedelta(milliseconds=int.from_bytes(digest, "big") % (self.jitter * 1000))
+
+
+@lru_cache(maxsize=65536)
+def cron_spec(expression: str, zone: str) -> CronSpec:
+    """One shared ``CronSpec`` per (expression, zone)."""
+    return CronSpec(expression, zone)
 
 
 def job_defaults() -> dict[str, tuple[str, int, int]]:
@@ -133,10 +141,11 @@ def entry_from_row(row: tuple, defaults: dict[str, tuple[str, int, int]]) -> Ent
     entry = Entry(
         task_id=pk,
         name=name,
-        job=job,
-        args_json=args or "[]",
-        kwargs_json=kwargs or "{}",
-        queue=p_queue or queue or d_queue or "default",
+        # Interned: 100,000 entries share a handful of these strings.
+        job=sys.intern(job),
+        args_json=sys.intern(args or "[]"),
+        kwargs_json=sys.intern(kwargs or "{}"),
+        queue=sys.intern(p_queue or queue or d_queue or "default"),
         soft_time_limit=p_soft or d_soft,
         hard_time_limit=p_hard or d_hard,
         starting_deadline=timedelta(seconds=p_deadline or settings.JOB_DEFAULT_STARTING_DEADLINE),
@@ -144,14 +153,14 @@ def entry_from_row(row: tuple, defaults: dict[str, tuple[str, int, int]]) -> Ent
         overlap=p_overlap or Overlap.ALLOW,
         jitter=p_jitter or 0,
         created_at=created,
-        signature=row[:SIGNATURE_LENGTH],
+        signature=hash(row[:SIGNATURE_LENGTH]),
         not_before=start_time,
         expires=expires,
         one_off=one_off,
         last_slot=p_last,
     )
     if c_minute is not None:
-        entry.cron = CronSpec(f"{c_minute} {c_hour} {c_dom} {c_month} {c_dow}", str(c_tz or "UTC"))
+        entry.cron = cron_spec(f"{c_minute} {c_hour} {c_dom} {c_month} {c_dow}", str(c_tz or "UTC"))
     elif i_every is not None:
         entry.interval = i_every * INTERVAL_UNITS[i_period]
         entry.anchor = (start_time or p_anchor or created).replace(microsecond=0)

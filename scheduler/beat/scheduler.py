@@ -92,7 +92,8 @@ class DatabaseBeat(Scheduler):
 
     def _step_down(self, why: str) -> None:
         if self.engine is not None:
-            logger.error("beat %s stops dispatching: %s", self.lease.holder, why)
+            # A warning, not an error: stepping down is the failover working.
+            logger.warning("beat %s stops dispatching: %s", self.lease.holder, why)
         self.engine = None
         self.lease.token = None
 
