@@ -26,7 +26,7 @@ UV_VERSION = "0.13.9"
 
 
 def ensure_environment() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (run.py runs under any system python)
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}")
     if not PYTHON.exists():
         print(f"creating {VENV}", flush=True)
@@ -35,14 +35,14 @@ def ensure_environment() -> None:
         has_pip = subprocess.run([str(PYTHON), "-m", "pip", "--version"], capture_output=True)
         if has_pip.returncode != 0:
             subprocess.run([str(PYTHON), "-m", "ensurepip", "--upgrade"], check=True)
-        subprocess.run(
-            [str(PYTHON), "-m", "pip", "install", "--quiet", f"uv=={UV_VERSION}"], check=True
-        )
+        subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", f"uv=={UV_VERSION}"], check=True)
     env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(VENV), "UV_PYTHON_DOWNLOADS": "never"}
     # --inexact keeps uv itself (installed above, not part of the lock).
     subprocess.run(
         [str(UV), "sync", "--frozen", "--inexact", "--quiet", "--python", str(PYTHON)],
-        cwd=ROOT, env=env, check=True,
+        cwd=ROOT,
+        env=env,
+        check=True,
     )
 
 

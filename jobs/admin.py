@@ -54,7 +54,10 @@ class JobRunAdmin(ReadOnlyAdmin):
                 )
             },
         ),
-        ("Execution", {"fields": ("queue", "soft_time_limit", "hard_time_limit", "worker", "args", "kwargs")}),
+        (
+            "Execution",
+            {"fields": ("queue", "soft_time_limit", "hard_time_limit", "worker", "args", "kwargs")},
+        ),
         ("Outcome", {"fields": ("result", "error_type", "error_message", "traceback")}),
     )
 
@@ -84,8 +87,16 @@ class RunSummaryReportAdmin(ReadOnlyAdmin):
 
     def get_urls(self):
         own = [
-            path("<int:pk>/csv/", self.admin_site.admin_view(self.download_csv), name="jobs_runsummaryreport_csv"),
-            path("<int:pk>/html/", self.admin_site.admin_view(self.download_html), name="jobs_runsummaryreport_html"),
+            path(
+                "<int:pk>/csv/",
+                self.admin_site.admin_view(self.download_csv),
+                name="jobs_runsummaryreport_csv",
+            ),
+            path(
+                "<int:pk>/html/",
+                self.admin_site.admin_view(self.download_html),
+                name="jobs_runsummaryreport_html",
+            ),
         ]
         return own + super().get_urls()
 

@@ -75,9 +75,13 @@ def parse_json_arguments(args_text: Any, kwargs_text: Any) -> tuple[list, dict]:
         except json.JSONDecodeError as exc:
             errors["kwargs"] = f"Keyword arguments are not valid JSON: {exc.msg} at position {exc.pos}."
     if "args" not in errors and not isinstance(args, list):
-        errors["args"] = f"Positional arguments must be a JSON list, like [1, \"a\"]; got {type(args).__name__}."
+        errors["args"] = (
+            f'Positional arguments must be a JSON list, like [1, "a"]; got {type(args).__name__}.'
+        )
     if "kwargs" not in errors and not isinstance(kwargs, dict):
-        errors["kwargs"] = f"Keyword arguments must be a JSON object, like {{\"a\": 1}}; got {type(kwargs).__name__}."
+        errors["kwargs"] = (
+            f'Keyword arguments must be a JSON object, like {{"a": 1}}; got {type(kwargs).__name__}.'
+        )
     if errors:
         raise ValidationError(errors)
     return args, kwargs
@@ -100,10 +104,6 @@ def validate_job_call(name: str, args_text: Any = "[]", kwargs_text: Any = "{}")
         signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise ValidationError(
-            {
-                "kwargs" if kwargs else "args": (
-                    f"The arguments do not fit {name}{signature}: {exc}."
-                )
-            }
+            {"kwargs" if kwargs else "args": (f"The arguments do not fit {name}{signature}: {exc}.")}
         ) from None
     return definition

@@ -119,9 +119,7 @@ class JobDefinition(models.Model):
 
     name = models.CharField(max_length=200, unique=True)
     queue = models.CharField(max_length=200)
-    parameters = models.JSONField(
-        default=list, help_text="The job's signature: [{name, kind, required}]."
-    )
+    parameters = models.JSONField(default=list, help_text="The job's signature: [{name, kind, required}].")
     soft_time_limit = models.PositiveIntegerField()
     hard_time_limit = models.PositiveIntegerField()
     max_retries = models.PositiveSmallIntegerField(default=0)

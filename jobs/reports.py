@@ -26,8 +26,15 @@ from jobs.models import JobRun, RunStatus, RunSummaryReport
 
 BAD_STATUSES = [RunStatus.FAILED, RunStatus.SOFT_TIMEOUT, RunStatus.HARD_TIMEOUT, RunStatus.LOST]
 FINISHED_FOR_RATE = [RunStatus.SUCCEEDED, *BAD_STATUSES]
-COLUMNS = ["job", "total", *[s.value for s in RunStatus], "failure_rate", "p50_duration_ms",
-           "p95_duration_ms", "worst_lateness_ms"]
+COLUMNS = [
+    "job",
+    "total",
+    *[s.value for s in RunStatus],
+    "failure_rate",
+    "p50_duration_ms",
+    "p95_duration_ms",
+    "worst_lateness_ms",
+]
 
 
 class PercentileCont(Aggregate):
@@ -82,7 +89,9 @@ def summarize_runs(window_start: datetime, window_end: datetime) -> list[dict]:
     return rows
 
 
-def build_run_summary(window_hours: int = 24, *, now: datetime | None = None, run: JobRun | None = None) -> RunSummaryReport:
+def build_run_summary(
+    window_hours: int = 24, *, now: datetime | None = None, run: JobRun | None = None
+) -> RunSummaryReport:
     if window_hours <= 0:
         raise ValueError(f"window_hours must be above 0, got {window_hours}")
     window_end = now or timezone.now()
@@ -109,7 +118,14 @@ def render_html(report: RunSummaryReport) -> str:
     body = format_html_join(
         "",
         "<tr>{}</tr>",
-        ((format_html_join("", "<td>{}</td>", (("" if row.get(c) is None else row.get(c),) for c in COLUMNS)),) for row in report.rows),
+        (
+            (
+                format_html_join(
+                    "", "<td>{}</td>", (("" if row.get(c) is None else row.get(c),) for c in COLUMNS)
+                ),
+            )
+            for row in report.rows
+        ),
     )
     return format_html(
         "<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"

@@ -139,7 +139,9 @@ def _take_over_lost_attempt(run: JobRun, *, worker: str, max_attempts: int, now:
             "error_type": "WorkerLostError",
             "error_message": lost,
         }
-        won = JobRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING, attempt=run.attempt).update(**changed)
+        won = JobRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING, attempt=run.attempt).update(
+            **changed
+        )
         if not won:
             return None
         for field, value in changed.items():
@@ -169,14 +171,10 @@ def finish_run(
     if run.started_at is not None:
         fields["duration_ms"] = max(0, _millis(now, run.started_at))
     if error is not None:
-        fields.update(
-            error_type=error.type, error_message=error.message, traceback=error.traceback
-        )
+        fields.update(error_type=error.type, error_message=error.message, traceback=error.traceback)
     if result is not None:
         fields["result"] = summarize_result(result)
-    return bool(
-        JobRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(**fields)
-    )
+    return bool(JobRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(**fields))
 
 
 def mark_retrying(run: JobRun, error: RunError, retry_at: datetime) -> bool:

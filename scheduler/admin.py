@@ -104,8 +104,7 @@ class CrontabForm(forms.ModelForm):
         if self.errors:
             return data
         expression = " ".join(
-            str(data.get(f, "*"))
-            for f in ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+            str(data.get(f, "*")) for f in ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
         )
         try:
             validate_cron(expression, str(data.get("timezone", "UTC")))

@@ -58,8 +58,11 @@ def _fresh_sentry_client_in_each_child(**_kwargs) -> None:
     from scheduler.observability import init_sentry
 
     if settings.SENTRY_DSN:
-        init_sentry(settings.SENTRY_DSN, environment=settings.SENTRY_ENVIRONMENT,
-                    traces_sample_rate=settings.SENTRY_TRACES_SAMPLE_RATE)
+        init_sentry(
+            settings.SENTRY_DSN,
+            environment=settings.SENTRY_ENVIRONMENT,
+            traces_sample_rate=settings.SENTRY_TRACES_SAMPLE_RATE,
+        )
 
 
 _presence_stop = threading.Event()

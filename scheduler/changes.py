@@ -49,9 +49,7 @@ class ChangeFeed:
         """Task ids changed since the last poll (possibly a few seen before)."""
         low = min(self.gaps, default=self.cursor + 1) - 1
         rows = list(
-            ScheduleChange.objects.filter(id__gt=low)
-            .order_by("id")
-            .values_list("id", "task_id")[:limit]
+            ScheduleChange.objects.filter(id__gt=low).order_by("id").values_list("id", "task_id")[:limit]
         )
         now = time.monotonic()
         seen = {change_id for change_id, _ in rows}

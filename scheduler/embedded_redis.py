@@ -25,14 +25,22 @@ def start_embedded_redis(port: int, data_dir: Path, *, persist: bool = True) -> 
     data_dir.mkdir(parents=True, exist_ok=True)
     command = [
         redis_server_binary(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--dir", str(data_dir),
-        "--dbfilename", "redis.rdb",
-        "--save", "60 1" if persist else "",
-        "--appendonly", "no",
-        "--protected-mode", "yes",
-        "--loglevel", "warning",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--dbfilename",
+        "redis.rdb",
+        "--save",
+        "60 1" if persist else "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "yes",
+        "--loglevel",
+        "warning",
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -70,8 +78,21 @@ def main() -> None:
     binary = redis_server_binary()
     os.execv(
         binary,
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
-         "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--loglevel",
+            "warning",
+        ],
     )
 
 

@@ -48,9 +48,7 @@ class SchedulePolicy(models.Model):
     hard_time_limit = models.PositiveIntegerField(
         null=True, blank=True, help_text="Seconds; empty: the job's default."
     )
-    queue = models.CharField(
-        max_length=200, blank=True, help_text="Empty: the job's default queue."
-    )
+    queue = models.CharField(max_length=200, blank=True, help_text="Empty: the job's default queue.")
     catchup = models.CharField(max_length=8, choices=CatchUp.choices, default=CatchUp.LATEST)
     overlap = models.CharField(max_length=8, choices=Overlap.choices, default=Overlap.ALLOW)
     starting_deadline = models.PositiveIntegerField(

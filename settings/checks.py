@@ -52,9 +52,7 @@ def check_json_only_serializers(app_configs=None, **kwargs):
     for name in ("CELERY_TASK_SERIALIZER", "CELERY_RESULT_SERIALIZER", "CELERY_EVENT_SERIALIZER"):
         value = getattr(settings, name, "json")
         if value != "json":
-            errors.append(
-                Error(f"{name} must be 'json', not {value!r}", id="scheduler.E004")
-            )
+            errors.append(Error(f"{name} must be 'json', not {value!r}", id="scheduler.E004"))
     return errors
 
 

@@ -49,7 +49,9 @@ def make_task(name: str, *, interval=None, crontab=None, anchor=T0, catchup=Catc
 
 
 def runs_of(task) -> list[tuple[datetime, str]]:
-    return list(JobRun.objects.filter(schedule=task).order_by("scheduled_for").values_list("scheduled_for", "status"))
+    return list(
+        JobRun.objects.filter(schedule=task).order_by("scheduled_for").values_list("scheduled_for", "status")
+    )
 
 
 def queued_message_ids(redis_client, queue: str = QUEUE) -> list[str]:
@@ -66,7 +68,9 @@ def test_it_claims_and_publishes_every_due_slot_in_one_tick(engine, redis_client
     assert runs.count() == 50
     assert set(runs.values_list("scheduled_for", flat=True)) == {T0 + timedelta(seconds=60)}
     assert not runs.filter(enqueued_at__isnull=True).exists()
-    assert sorted(queued_message_ids(redis_client)) == sorted(str(pk) for pk in runs.values_list("pk", flat=True))
+    assert sorted(queued_message_ids(redis_client)) == sorted(
+        str(pk) for pk in runs.values_list("pk", flat=True)
+    )
 
 
 def test_an_idle_tick_claims_nothing(engine):

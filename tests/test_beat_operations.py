@@ -54,8 +54,13 @@ def test_a_worker_not_seen_lately_does_not_count(entry):
 def test_beatstatus_names_the_leader_and_the_next_slots(capsys):
     lease = Lease(ttl=10, holder="beat-host:42:abc")
     lease.acquire_or_renew()
-    lease.acquire_or_renew(status={"schedules": 3, "change_cursor": 0, "next_due": [
-        {"slot": "2026-11-21T12:01:00+00:00", "schedule": "hb", "job": "heartbeat"}]})
+    lease.acquire_or_renew(
+        status={
+            "schedules": 3,
+            "change_cursor": 0,
+            "next_due": [{"slot": "2026-11-21T12:01:00+00:00", "schedule": "hb", "job": "heartbeat"}],
+        }
+    )
 
     call_command("beatstatus", "--check")
 

@@ -38,9 +38,23 @@ def free_port() -> int:
 
 def start_redis(port: int, data_dir) -> subprocess.Popen:
     process = subprocess.Popen(
-        [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
-         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            redis_server_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_for_redis(f"redis://127.0.0.1:{port}/0", timeout=15)
     return process
@@ -51,7 +65,9 @@ def floor_to(seconds: int):
     return now - timedelta(seconds=now.timestamp() % seconds)
 
 
-def test_beat_survives_a_redis_outage_and_publishes_every_claimed_slot(service_env, logs_dir, tmp_path, catalog):
+def test_beat_survives_a_redis_outage_and_publishes_every_claimed_slot(
+    service_env, logs_dir, tmp_path, catalog
+):
     port = free_port()
     broker = start_redis(port, tmp_path)
     queue = "outage-redis"
@@ -98,9 +114,7 @@ def test_beat_waits_out_a_database_outage_and_records_the_slots_it_could_not_run
     queue = "outage-db"
     redis_client.delete(queue)
     ids = make_interval_schedules(50, EVERY, floor_to(EVERY), queue, prefix="db-outage")
-    url = service_env["DATABASE_URL"].replace(
-        f":{settings_dict['PORT'] or 5432}/", f":{proxy.port}/"
-    )
+    url = service_env["DATABASE_URL"].replace(f":{settings_dict['PORT'] or 5432}/", f":{proxy.port}/")
     assert str(proxy.port) in url
     beat = start_beat({**service_env, "DATABASE_URL": url}, logs_dir, "db-outage")
     try:
@@ -126,10 +140,13 @@ def test_beat_waits_out_a_database_outage_and_records_the_slots_it_could_not_run
     assert last > restored_at
     assert_no_holes(ids, EVERY, first, last)
     during = JobRun.objects.filter(
-        schedule_id__in=ids, scheduled_for__gt=cut_at + timedelta(seconds=EVERY),
+        schedule_id__in=ids,
+        scheduled_for__gt=cut_at + timedelta(seconds=EVERY),
         scheduled_for__lt=restored_at - timedelta(seconds=EVERY),
     )
     # Catch-up "latest" (the default): of the slots that passed during the
     # outage each schedule ran only the newest; the others are recorded missed.
     assert during.filter(status=RunStatus.MISSED).count() >= 50 * 3
-    assert not JobRun.objects.filter(schedule_id__in=ids, status=RunStatus.QUEUED, enqueued_at__isnull=True).exists()
+    assert not JobRun.objects.filter(
+        schedule_id__in=ids, status=RunStatus.QUEUED, enqueued_at__isnull=True
+    ).exists()

@@ -66,8 +66,9 @@ class TestFallBack:
         hour = REPEATED_HOUR[zone]
         slots = local_slots_on(f"30 {int(hour)} * * *", zone, autumn)
         assert len(slots) == 1
-        first_offset = datetime(autumn.year, autumn.month, autumn.day, int(hour), 30, fold=0,
-                                tzinfo=ZoneInfo(zone)).strftime("%z")
+        first_offset = datetime(
+            autumn.year, autumn.month, autumn.day, int(hour), 30, fold=0, tzinfo=ZoneInfo(zone)
+        ).strftime("%z")
         assert slots == [f"{hour}:30{first_offset}"]
 
     def test_a_fixed_time_slot_outside_the_repeated_hour_fires_once(self, zone, spring, autumn):

@@ -41,10 +41,16 @@ def test_a_message_for_a_finished_run_is_acknowledged_and_ignored(worker, catalo
     worker.wait_for_log(f"heartbeat[{run.pk}]: finished, running elsewhere or expired; ignored", timeout=30)
 
     again = JobRun.objects.get(pk=run.pk)
-    assert (again.status, again.attempt, again.started_at) == (RunStatus.SUCCEEDED, run.attempt, run.started_at)
+    assert (again.status, again.attempt, again.started_at) == (
+        RunStatus.SUCCEEDED,
+        run.attempt,
+        run.started_at,
+    )
 
 
-def test_a_message_started_after_its_deadline_is_not_run_and_is_recorded_missed(worker, catalog, clean_queues):
+def test_a_message_started_after_its_deadline_is_not_run_and_is_recorded_missed(
+    worker, catalog, clean_queues
+):
     run = dispatch("heartbeat", starting_deadline=1)
     # Simulate a message that sat in the queue: its deadline is already behind.
     JobRun.objects.filter(pk=run.pk).update(deadline=timezone.now() - timedelta(seconds=5))

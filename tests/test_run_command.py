@@ -87,7 +87,10 @@ class Platform:
         self.log = log
         self.process = subprocess.Popen(
             [getattr(sys, "_base_executable", sys.executable), "run.py"],
-            cwd=clone, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+            cwd=clone,
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
         )
 
     def interrupt(self, timeout: float = 60) -> int:

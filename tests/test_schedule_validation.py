@@ -121,8 +121,15 @@ class TestTimeLimits:
 
 class TestCron:
     def crontab_form(self, **fields) -> CrontabForm:
-        data = {"minute": "0", "hour": "6", "day_of_month": "*", "month_of_year": "*",
-                "day_of_week": "*", "timezone": "UTC", **fields}
+        data = {
+            "minute": "0",
+            "hour": "6",
+            "day_of_month": "*",
+            "month_of_year": "*",
+            "day_of_week": "*",
+            "timezone": "UTC",
+            **fields,
+        }
         return CrontabForm(data=data)
 
     def test_a_cron_that_can_never_fire_is_refused(self):

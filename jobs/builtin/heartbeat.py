@@ -82,7 +82,5 @@ def heartbeat(targets: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     results = [check_target(t) for t in targets or []]
     failed = [r for r in results if not r["ok"]]
     if failed:
-        raise TargetCheckFailed(
-            "; ".join(f"{r.get('url') or r.get('tcp')}: {r['error']}" for r in failed)
-        )
+        raise TargetCheckFailed("; ".join(f"{r.get('url') or r.get('tcp')}: {r['error']}" for r in failed))
     return {"lateness_ms": lateness_ms, "targets": results}

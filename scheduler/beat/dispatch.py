@@ -182,14 +182,18 @@ def claim_slots(
         return [], []
     now = now or timezone.now()
     with transaction.atomic():
-        overlapping = [p.entry.task_id for p in planned if p.outcome == RUN and p.entry.overlap != Overlap.ALLOW]
+        overlapping = [
+            p.entry.task_id for p in planned if p.outcome == RUN and p.entry.overlap != Overlap.ALLOW
+        ]
         active = schedules_with_active_runs(overlapping) if overlapping else {}
         runs, to_revoke = [], []
         for p in planned:
             if p.outcome == MISSED:
                 runs.append(_run_for(p, RunStatus.MISSED, now, p.reason))
             elif p.entry.task_id in active and p.entry.overlap == Overlap.SKIP:
-                runs.append(_run_for(p, RunStatus.SKIPPED, now, "the previous run was still queued or running"))
+                runs.append(
+                    _run_for(p, RunStatus.SKIPPED, now, "the previous run was still queued or running")
+                )
             else:
                 if p.entry.task_id in active and p.entry.overlap == Overlap.REPLACE:
                     to_revoke.extend(active.pop(p.entry.task_id))
@@ -199,7 +203,9 @@ def claim_slots(
         for old in to_revoke:
             replaced_status = RunStatus.SKIPPED if old.status != RunStatus.RUNNING else RunStatus.FAILED
             JobRun.objects.filter(pk=old.pk, status__in=ACTIVE_STATUSES).update(
-                status=replaced_status, finished_at=now, error_type="Replaced",
+                status=replaced_status,
+                finished_at=now,
+                error_type="Replaced",
                 error_message="replaced by a newer slot (overlap policy: replace)",
             )
         if fence is not None:
@@ -217,6 +223,8 @@ def revoke_replaced(app: Celery, runs: Sequence[JobRun]) -> None:
 def publish_outbox(app: Celery, limit: int = 10_000) -> int:
     """Publish claimed runs whose message never reached the broker (crash after commit)."""
     pending = list(
-        JobRun.objects.filter(status=RunStatus.QUEUED, enqueued_at__isnull=True).order_by("scheduled_for")[:limit]
+        JobRun.objects.filter(status=RunStatus.QUEUED, enqueued_at__isnull=True).order_by("scheduled_for")[
+            :limit
+        ]
     )
     return publish_runs(app, pending)

@@ -70,7 +70,9 @@ def plan_due_slots(entry: Entry, slots: list[datetime], now: datetime) -> list[P
         if slot in chosen:
             planned.append(PlannedSlot(entry, slot, RUN))
         else:
-            why = "past its starting deadline" if now - slot > deadline else f"catch-up policy {entry.catchup}"
+            why = (
+                "past its starting deadline" if now - slot > deadline else f"catch-up policy {entry.catchup}"
+            )
             planned.append(PlannedSlot(entry, slot, MISSED, f"not run: {why}"))
     return planned
 
@@ -208,7 +210,9 @@ class BeatEngine:
                 skipped_to = entry.next_slot(now)
                 logger.warning(
                     "beat: %s fell more than %d slots behind; skipping to %s",
-                    entry.name, MAX_CATCHUP_SLOTS, skipped_to,
+                    entry.name,
+                    MAX_CATCHUP_SLOTS,
+                    skipped_to,
                 )
                 following = skipped_to
             planned.extend(plan_due_slots(entry, slots, now))
@@ -258,10 +262,18 @@ class BeatEngine:
                 dispatch.revoke_replaced(self.app, to_revoke)
             except Exception as exc:  # noqa: BLE001 (any broker error: keep them in the outbox)
                 self.outbox_dirty = True
-                logger.error("beat: claimed %d runs but could not publish (%s); they wait in the outbox",
-                             len(claimed), exc)
-        logger.info("beat: %d slots due, %d claimed, %d published in %.3f s",
-                    len(planned), claimed_count, sent, time.monotonic() - started)
+                logger.error(
+                    "beat: claimed %d runs but could not publish (%s); they wait in the outbox",
+                    len(claimed),
+                    exc,
+                )
+        logger.info(
+            "beat: %d slots due, %d claimed, %d published in %.3f s",
+            len(planned),
+            claimed_count,
+            sent,
+            time.monotonic() - started,
+        )
         return sent
 
     def flush_outbox(self) -> int:

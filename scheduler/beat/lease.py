@@ -32,7 +32,6 @@ from scheduler.models import BeatLease
 logger = logging.getLogger(__name__)
 
 
-
 class LeaseLost(RuntimeError):
     """This process no longer holds the lease: it must stop dispatching at once."""
 
@@ -77,9 +76,9 @@ class Lease:
             fields = {"expires_at": expires, "renewed_at": now}
             if status is not None:
                 fields["status"] = status
-            renewed = BeatLease.objects.filter(
-                name=self.name, holder=self.holder, token=self.token
-            ).update(**fields)
+            renewed = BeatLease.objects.filter(name=self.name, holder=self.holder, token=self.token).update(
+                **fields
+            )
             if renewed:
                 return True
             logger.warning("beat %s lost the lease (token %s)", self.holder, self.token)
@@ -90,9 +89,11 @@ class Lease:
         )
         if not taken:
             return False
-        self.token = BeatLease.objects.filter(name=self.name, holder=self.holder).values_list(
-            "token", flat=True
-        ).first()
+        self.token = (
+            BeatLease.objects.filter(name=self.name, holder=self.holder)
+            .values_list("token", flat=True)
+            .first()
+        )
         return self.token is not None
 
     def fence(self, now: datetime | None = None) -> None:

@@ -2,36 +2,101 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import scheduler.models
 from django.db import migrations, models
+
+import scheduler.models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('django_celery_beat', '0019_alter_periodictasks_options'),
+        ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='SchedulePolicy',
+            name="SchedulePolicy",
             fields=[
-                ('task', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='policy', serialize=False, to='django_celery_beat.periodictask')),
-                ('slug', models.SlugField(default=scheduler.models.new_slug, help_text='Stable key for the Sentry Crons monitor; survives renames.', max_length=64, unique=True)),
-                ('soft_time_limit', models.PositiveIntegerField(blank=True, help_text="Seconds; empty: the job's default.", null=True)),
-                ('hard_time_limit', models.PositiveIntegerField(blank=True, help_text="Seconds; empty: the job's default.", null=True)),
-                ('queue', models.CharField(blank=True, help_text="Empty: the job's default queue.", max_length=200)),
-                ('catchup', models.CharField(choices=[('latest', 'latest: run the newest missed slot once'), ('all', 'all: run every missed slot, oldest first (bounded)'), ('none', 'none: record missed slots, run nothing')], default='latest', max_length=8)),
-                ('overlap', models.CharField(choices=[('allow', 'allow: start regardless'), ('skip', "skip: record 'skipped' while a run is queued or running"), ('replace', 'replace: revoke the running one and start')], default='allow', max_length=8)),
-                ('starting_deadline', models.PositiveIntegerField(blank=True, help_text='Seconds after its slot by which a run must start, or it is missed.', null=True)),
-                ('anchor', models.DateTimeField(default=django.utils.timezone.now, help_text='Interval schedules fire at anchor + k × every.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "task",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="policy",
+                        serialize=False,
+                        to="django_celery_beat.periodictask",
+                    ),
+                ),
+                (
+                    "slug",
+                    models.SlugField(
+                        default=scheduler.models.new_slug,
+                        help_text="Stable key for the Sentry Crons monitor; survives renames.",
+                        max_length=64,
+                        unique=True,
+                    ),
+                ),
+                (
+                    "soft_time_limit",
+                    models.PositiveIntegerField(
+                        blank=True, help_text="Seconds; empty: the job's default.", null=True
+                    ),
+                ),
+                (
+                    "hard_time_limit",
+                    models.PositiveIntegerField(
+                        blank=True, help_text="Seconds; empty: the job's default.", null=True
+                    ),
+                ),
+                (
+                    "queue",
+                    models.CharField(blank=True, help_text="Empty: the job's default queue.", max_length=200),
+                ),
+                (
+                    "catchup",
+                    models.CharField(
+                        choices=[
+                            ("latest", "latest: run the newest missed slot once"),
+                            ("all", "all: run every missed slot, oldest first (bounded)"),
+                            ("none", "none: record missed slots, run nothing"),
+                        ],
+                        default="latest",
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "overlap",
+                    models.CharField(
+                        choices=[
+                            ("allow", "allow: start regardless"),
+                            ("skip", "skip: record 'skipped' while a run is queued or running"),
+                            ("replace", "replace: revoke the running one and start"),
+                        ],
+                        default="allow",
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "starting_deadline",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Seconds after its slot by which a run must start, or it is missed.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "anchor",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now,
+                        help_text="Interval schedules fire at anchor + k × every.",
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'verbose_name': 'schedule policy',
-                'verbose_name_plural': 'schedule policies',
+                "verbose_name": "schedule policy",
+                "verbose_name_plural": "schedule policies",
             },
         ),
     ]

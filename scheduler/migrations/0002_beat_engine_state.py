@@ -4,53 +4,70 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('scheduler', '0001_initial'),
+        ("scheduler", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='BeatLease',
+            name="BeatLease",
             fields=[
-                ('name', models.CharField(max_length=64, primary_key=True, serialize=False)),
-                ('holder', models.CharField(blank=True, max_length=255)),
-                ('token', models.BigIntegerField(default=0)),
-                ('expires_at', models.DateTimeField()),
-                ('renewed_at', models.DateTimeField(blank=True, null=True)),
-                ('status', models.JSONField(blank=True, default=dict, help_text="The leader's view, for `manage.py beatstatus`.")),
+                ("name", models.CharField(max_length=64, primary_key=True, serialize=False)),
+                ("holder", models.CharField(blank=True, max_length=255)),
+                ("token", models.BigIntegerField(default=0)),
+                ("expires_at", models.DateTimeField()),
+                ("renewed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "status",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="The leader's view, for `manage.py beatstatus`."
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='ScheduleChange',
+            name="ScheduleChange",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('task_id', models.IntegerField()),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("task_id", models.IntegerField()),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
             ],
         ),
         migrations.CreateModel(
-            name='WorkerPresence',
+            name="WorkerPresence",
             fields=[
-                ('hostname', models.CharField(max_length=255, primary_key=True, serialize=False)),
-                ('queues', models.JSONField(default=list)),
-                ('jobs', models.JSONField(default=list)),
-                ('last_seen_at', models.DateTimeField()),
+                ("hostname", models.CharField(max_length=255, primary_key=True, serialize=False)),
+                ("queues", models.JSONField(default=list)),
+                ("jobs", models.JSONField(default=list)),
+                ("last_seen_at", models.DateTimeField()),
             ],
         ),
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='jitter',
-            field=models.PositiveIntegerField(default=0, help_text='Seconds: spread dispatch over [slot, slot + jitter) to avoid thundering herds; the run keeps its slot.'),
+            model_name="schedulepolicy",
+            name="jitter",
+            field=models.PositiveIntegerField(
+                default=0,
+                help_text="Seconds: spread dispatch over [slot, slot + jitter) to avoid thundering herds; the run keeps its slot.",
+            ),
         ),
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='last_slot_at',
-            field=models.DateTimeField(blank=True, editable=False, help_text="The newest slot beat claimed, advanced in the claim's transaction.", null=True),
+            model_name="schedulepolicy",
+            name="last_slot_at",
+            field=models.DateTimeField(
+                blank=True,
+                editable=False,
+                help_text="The newest slot beat claimed, advanced in the claim's transaction.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='problem',
-            field=models.CharField(blank=True, editable=False, help_text="Set by beat, e.g. when no live worker serves this job's queue.", max_length=500),
+            model_name="schedulepolicy",
+            name="problem",
+            field=models.CharField(
+                blank=True,
+                editable=False,
+                help_text="Set by beat, e.g. when no live worker serves this job's queue.",
+                max_length=500,
+            ),
         ),
     ]

@@ -57,13 +57,26 @@ def celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "scheduler", *args]
 
 
-def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker", concurrency: int = 2,
-                 pool: str = "prefork") -> Service:
+def start_worker(
+    env: dict[str, str], log_dir: Path, name: str = "worker", concurrency: int = 2, pool: str = "prefork"
+) -> Service:
     service = Service(
         name,
-        celery("worker", "--pool", pool, "--concurrency", str(concurrency), "--queues", QUEUES,
-               "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-               "--hostname", f"{name}-{os.getpid()}@%h"),
+        celery(
+            "worker",
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--queues",
+            QUEUES,
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+            "--hostname",
+            f"{name}-{os.getpid()}@%h",
+        ),
         env,
         log_dir,
     )

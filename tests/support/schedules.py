@@ -53,7 +53,9 @@ def assert_no_holes(task_ids, every_seconds: int, first: datetime, last: datetim
     while slot <= last:
         expected.append(slot)
         slot += step
-    found = {tid: [s for s in slots if first <= s <= last] for tid, slots in slots_by_schedule(task_ids).items()}
+    found = {
+        tid: [s for s in slots if first <= s <= last] for tid, slots in slots_by_schedule(task_ids).items()
+    }
     wrong = {tid: found.get(tid, []) for tid in task_ids if found.get(tid, []) != expected}
     assert not wrong, (
         f"{len(wrong)} of {len(task_ids)} schedules do not have exactly the slots "

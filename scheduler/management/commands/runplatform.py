@@ -41,7 +41,9 @@ class Command(BaseCommand):
         try:
             self.prepare()
             self.start_processes(host, port, concurrency)
-            self.stdout.write(self.style.SUCCESS(f"platform running: http://{host}:{port}/admin/  (Ctrl-C stops it)"))
+            self.stdout.write(
+                self.style.SUCCESS(f"platform running: http://{host}:{port}/admin/  (Ctrl-C stops it)")
+            )
             exit_code = self.supervise()
         except KeyboardInterrupt:
             exit_code = 0
@@ -71,19 +73,44 @@ class Command(BaseCommand):
         python = sys.executable
         commands = {
             "web": [
-                python, "-m", "gunicorn", "scheduler.wsgi:application",
-                "--bind", f"{host}:{port}", "--workers", "2", "--access-logfile", "-",
+                python,
+                "-m",
+                "gunicorn",
+                "scheduler.wsgi:application",
+                "--bind",
+                f"{host}:{port}",
+                "--workers",
+                "2",
+                "--access-logfile",
+                "-",
             ],
             "worker": [
-                python, "-m", "celery", "-A", "scheduler", "worker", "--pool", "prefork",
-                "--concurrency", str(concurrency), "--queues", "default,heartbeat,reports",
-                "--loglevel", "INFO", "--hostname", "worker@%h",
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "scheduler",
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                str(concurrency),
+                "--queues",
+                "default,heartbeat,reports",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                "worker@%h",
             ],
             "beat": [python, "-m", "celery", "-A", "scheduler", "beat", "--loglevel", "INFO"],
         }
         for name, command in commands.items():
             process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
             )
             self.children.append((name, process))
