@@ -208,3 +208,18 @@ def test_jitter_delays_dispatch_but_keeps_the_slot(engine):
     assert slot <= fire_at < slot + timedelta(seconds=30)
     engine.tick(now=fire_at)
     assert runs_of(task) == [(slot, RunStatus.QUEUED)]
+
+
+def test_the_fast_full_load_and_the_per_task_load_agree(engine):
+    from scheduler.beat.entries import entry_from_row, fetch_rows
+
+    crontab = CrontabSchedule.objects.create(minute="30", hour="2", timezone="Europe/Berlin")
+    tasks = [make_task("cron", crontab=crontab), make_task("interval", interval=every(60))]
+    SchedulePolicy.objects.filter(task=tasks[1]).update(last_slot_at=T0 + timedelta(microseconds=123457))
+
+    full = {row[0]: entry_from_row(row, {}) for row in fetch_rows()}
+    for task in tasks:
+        (row,) = fetch_rows([task.pk])
+        one = entry_from_row(row, {})
+        assert one.signature == full[task.pk].signature
+        assert (one.last_slot, one.anchor, one.cron) == (full[task.pk].last_slot, full[task.pk].anchor, full[task.pk].cron)

@@ -12,10 +12,11 @@ import hashlib
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -41,6 +42,7 @@ ROW_FIELDS = (
 )  # fmt: skip
 # Everything but last_slot_at, which beat itself advances: a change here is an edit.
 SIGNATURE_LENGTH = len(ROW_FIELDS) - 1
+_TZ = ROW_FIELDS.index("crontab__timezone")
 
 
 @dataclass(slots=True)
@@ -111,10 +113,53 @@ def job_defaults() -> dict[str, tuple[str, int, int]]:
 
 def fetch_rows(task_ids: Iterable[int] | None = None) -> Iterator[tuple]:
     """Enabled tasks with their schedule and policy columns (see ``ROW_FIELDS``)."""
+    if connection.vendor == "postgresql" and task_ids is None:
+        return _fetch_all_rows_postgresql()
     queryset = PeriodicTask.objects.filter(enabled=True)
     if task_ids is not None:
         queryset = queryset.filter(pk__in=list(task_ids))
     return queryset.values_list(*ROW_FIELDS).iterator(chunk_size=5000)
+
+
+# The same columns as ROW_FIELDS, for the full load on PostgreSQL. Timestamps
+# come back as integer microseconds since the epoch: parsing 200,000 ISO
+# strings through Django's time-zone-aware loader was a third of a 100,000
+# schedule start.
+_TIMESTAMP_POSITIONS = frozenset(i for i, f in enumerate(ROW_FIELDS) if f in {
+    "start_time", "expires", "clocked__clocked_time", "policy__anchor", "policy__created_at",
+    "policy__last_slot_at"})  # fmt: skip
+_FULL_LOAD_SQL = """
+SELECT t.id, t.name, t.task, t.args, t.kwargs, t.queue, t.one_off,
+       (EXTRACT(EPOCH FROM t.start_time) * 1000000)::int8,
+       (EXTRACT(EPOCH FROM t.expires) * 1000000)::int8,
+       c.minute, c.hour, c.day_of_month, c.month_of_year, c.day_of_week, c.timezone,
+       i.every, i.period, (EXTRACT(EPOCH FROM k.clocked_time) * 1000000)::int8,
+       p.soft_time_limit, p.hard_time_limit, p.queue, p.catchup, p.overlap, p.starting_deadline,
+       (EXTRACT(EPOCH FROM p.anchor) * 1000000)::int8, p.jitter,
+       (EXTRACT(EPOCH FROM p.created_at) * 1000000)::int8,
+       (EXTRACT(EPOCH FROM p.last_slot_at) * 1000000)::int8
+FROM django_celery_beat_periodictask t
+LEFT JOIN django_celery_beat_crontabschedule c ON c.id = t.crontab_id
+LEFT JOIN django_celery_beat_intervalschedule i ON i.id = t.interval_id
+LEFT JOIN django_celery_beat_clockedschedule k ON k.id = t.clocked_id
+LEFT JOIN scheduler_schedulepolicy p ON p.task_id = t.id
+WHERE t.enabled
+"""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _fetch_all_rows_postgresql() -> Iterator[tuple]:
+    with transaction.atomic(), connection.cursor() as wrapper:
+        # A server-side cursor streams the rows instead of holding all of them.
+        with wrapper.connection.cursor(name="beat_full_load") as cursor:
+            cursor.itersize = 5000
+            cursor.execute(_FULL_LOAD_SQL)
+            for raw in cursor:
+                row = list(raw)
+                for i in _TIMESTAMP_POSITIONS:
+                    if row[i] is not None:
+                        row[i] = _EPOCH + timedelta(microseconds=row[i])
+                yield tuple(row)
 
 
 def ensure_policies(now: datetime | None = None, task_ids: Iterable[int] | None = None) -> int:
@@ -153,7 +198,8 @@ def entry_from_row(row: tuple, defaults: dict[str, tuple[str, int, int]]) -> Ent
         overlap=p_overlap or Overlap.ALLOW,
         jitter=p_jitter or 0,
         created_at=created,
-        signature=hash(row[:SIGNATURE_LENGTH]),
+        # The zone may be a ZoneInfo (ORM) or its name (raw SQL): hash the name.
+        signature=hash((*row[:_TZ], str(c_tz) if c_tz is not None else None, *row[_TZ + 1 : SIGNATURE_LENGTH])),
         not_before=start_time,
         expires=expires,
         one_off=one_off,
