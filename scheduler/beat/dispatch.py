@@ -119,46 +119,59 @@ def _row(run: ClaimedRun, now: datetime) -> tuple:
 
 
 def insert_runs(runs: Sequence[ClaimedRun], now: datetime) -> set[uuid.UUID]:
-    """Insert ``runs``, skipping slots already claimed; return the ids inserted.
+    """Insert ``runs`` and advance their schedules' ``last_slot_at``; return the ids inserted.
 
-    PostgreSQL: COPY into a temporary table, then one INSERT … ON CONFLICT DO
-    NOTHING RETURNING id (10,000 rows in a fraction of a second; the ORM's
-    bulk_create spends most of its time preparing values). Elsewhere (SQLite):
-    the ORM, then a read-back of which ids exist.
+    Slots already claimed are skipped. PostgreSQL: COPY into a temporary table,
+    one INSERT … ON CONFLICT DO NOTHING RETURNING id, one UPDATE of the
+    policies from the same table (10,000 rows in a fraction of a second; the
+    ORM's bulk_create spent most of its time preparing values). Elsewhere
+    (SQLite): the ORM, a read-back of which ids exist, and grouped UPDATEs.
     """
-    table = JobRun._meta.db_table
-    columns = ", ".join(INSERT_COLUMNS)
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"CREATE TEMPORARY TABLE IF NOT EXISTS beat_claims "  # noqa: S608 (no user input)
-                f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-            raw = cursor.cursor  # psycopg's own cursor, for COPY
-            with raw.copy(f"COPY beat_claims ({columns}) FROM STDIN") as copy:
-                for run in runs:
-                    copy.write_row(_row(run, now))
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM beat_claims "  # noqa: S608
-                "ON CONFLICT (schedule_id, scheduled_for) DO NOTHING RETURNING id"
-            )
-            return {row[0] for row in cursor.fetchall()}
+        return _insert_runs_postgresql(runs, now)
     JobRun.objects.bulk_create(
-        [JobRun(**{c: v for c, v in zip(INSERT_COLUMNS, _row(run, now), strict=True)}) for run in runs],
+        [JobRun(**dict(zip(INSERT_COLUMNS, _row(run, now), strict=True))) for run in runs],
         ignore_conflicts=True,
         batch_size=CHUNK,
     )
     ours: set[uuid.UUID] = set()
     for chunk in chunks([r.id for r in runs]):
         ours.update(JobRun.objects.filter(pk__in=chunk).values_list("pk", flat=True))
+    _advance_last_slots(runs)
     return ours
 
 
-def _advance_last_slots(planned: Sequence[PlannedSlot]) -> None:
+def _insert_runs_postgresql(runs: Sequence[ClaimedRun], now: datetime) -> set[uuid.UUID]:
+    table = JobRun._meta.db_table
+    policies = SchedulePolicy._meta.db_table
+    columns = ", ".join(INSERT_COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS beat_claims "  # noqa: S608 (no user input)
+            f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        raw = cursor.cursor  # psycopg's own cursor, for COPY
+        with raw.copy(f"COPY beat_claims ({columns}) FROM STDIN") as copy:
+            for run in runs:
+                copy.write_row(_row(run, now))
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM beat_claims "  # noqa: S608
+            "ON CONFLICT (schedule_id, scheduled_for) DO NOTHING RETURNING id"
+        )
+        ours = {row[0] for row in cursor.fetchall()}
+        cursor.execute(
+            f"UPDATE {policies} p SET last_slot_at = c.slot "  # noqa: S608
+            "FROM (SELECT schedule_id, max(scheduled_for) AS slot FROM beat_claims GROUP BY 1) c "
+            "WHERE p.task_id = c.schedule_id AND (p.last_slot_at IS NULL OR p.last_slot_at < c.slot)"
+        )
+    return ours
+
+
+def _advance_last_slots(runs: Sequence[ClaimedRun]) -> None:
     newest: dict[int, datetime] = {}
-    for p in planned:
-        if p.slot > newest.get(p.entry.task_id, p.slot - p.slot.resolution):
-            newest[p.entry.task_id] = p.slot
+    for run in runs:
+        if run.scheduled_for > newest.get(run.schedule_id, run.scheduled_for - run.scheduled_for.resolution):
+            newest[run.schedule_id] = run.scheduled_for
     by_slot: dict[datetime, list[int]] = defaultdict(list)
     for task_id, slot in newest.items():
         by_slot[slot].append(task_id)
@@ -199,7 +212,6 @@ def claim_slots(
                     to_revoke.extend(active.pop(p.entry.task_id))
                 runs.append(_run_for(p, RunStatus.QUEUED, now))
         ours = insert_runs(runs, now)
-        _advance_last_slots(planned)
         for old in to_revoke:
             replaced_status = RunStatus.SKIPPED if old.status != RunStatus.RUNNING else RunStatus.FAILED
             JobRun.objects.filter(pk=old.pk, status__in=ACTIVE_STATUSES).update(

@@ -45,7 +45,7 @@ MAX_CATCHUP_SLOTS = 100
 # How often beat compares schedules with what live workers serve.
 PRESENCE_CHECK_SECONDS = 60.0
 # Slots claimed per transaction (see BeatEngine.dispatch).
-CLAIM_BATCH = 2000
+CLAIM_BATCH = 5000
 # catchup=none still runs a slot this late (a tick is never exactly on time).
 ON_TIME_GRACE = timedelta(seconds=60)
 

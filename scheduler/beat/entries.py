@@ -199,7 +199,9 @@ def entry_from_row(row: tuple, defaults: dict[str, tuple[str, int, int]]) -> Ent
         jitter=p_jitter or 0,
         created_at=created,
         # The zone may be a ZoneInfo (ORM) or its name (raw SQL): hash the name.
-        signature=hash((*row[:_TZ], str(c_tz) if c_tz is not None else None, *row[_TZ + 1 : SIGNATURE_LENGTH])),
+        signature=hash(
+            (*row[:_TZ], str(c_tz) if c_tz is not None else None, *row[_TZ + 1 : SIGNATURE_LENGTH])
+        ),
         not_before=start_time,
         expires=expires,
         one_off=one_off,

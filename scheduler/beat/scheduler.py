@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connections
 from kombu.exceptions import OperationalError as BrokerError
 
+from jobs.client import warm_up_broker
 from scheduler.beat import dispatch
 from scheduler.beat.engine import BeatEngine
 from scheduler.beat.lease import Lease, LeaseLost
@@ -79,6 +80,7 @@ class DatabaseBeat(Scheduler):
             if leads and not was_leader:
                 logger.warning("beat %s now LEADS (fencing token %s)", self.lease.holder, self.lease.token)
                 self.engine = self._new_engine()
+                warm_up_broker(self.app)
                 republished = dispatch.publish_outbox(self.app)
                 if republished:
                     logger.warning("beat: published %d claimed runs left unpublished", republished)
