@@ -76,8 +76,9 @@ def check_target(target: dict[str, Any]) -> dict[str, Any]:
 @job("heartbeat", queue="heartbeat", soft_time_limit=30, hard_time_limit=45)
 def heartbeat(targets: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Prove the pipeline is alive; check optional HTTP/TCP targets."""
+    run_id = current_task.request.id if current_task else None  # None when called directly
     lateness_ms = (
-        JobRun.objects.filter(pk=current_task.request.id).values_list("lateness_ms", flat=True).first()
+        JobRun.objects.filter(pk=run_id).values_list("lateness_ms", flat=True).first() if run_id else None
     )
     results = [check_target(t) for t in targets or []]
     failed = [r for r in results if not r["ok"]]
