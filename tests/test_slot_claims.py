@@ -85,3 +85,17 @@ def test_a_missed_slot_is_recorded_and_not_published(entry):
     run = JobRun.objects.get(pk=run.pk)
     assert run.status == RunStatus.MISSED
     assert run.finished_at is not None
+
+
+def test_replace_records_the_older_active_runs_and_returns_them_for_revocation(entry):
+    entry.overlap = Overlap.REPLACE
+    (running,) = claim(entry, SLOT)
+    JobRun.objects.filter(pk=running.pk).update(status=RunStatus.RUNNING)
+    later = SLOT + timedelta(minutes=1)
+
+    claimed, to_revoke = claim_slots([PlannedSlot(entry, later)])
+
+    assert [r.scheduled_for for r in claimed] == [later]
+    assert [r.pk for r in to_revoke] == [running.pk]
+    replaced = JobRun.objects.get(pk=running.pk)
+    assert (replaced.status, replaced.error_type) == (RunStatus.FAILED, "Replaced")
