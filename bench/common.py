@@ -1,0 +1,145 @@
+"""Shared pieces of the beat benchmark: paths, the bench database and broker, Django set-up.
+
+Everything talks to 127.0.0.1 only: PostgreSQL on 5432 (user ``postgres``,
+trust auth) and Redis on 6379, database number ``REDIS_DB`` (flushed by the
+bench, never another one).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+PYTHON = sys.executable
+
+PG_HOST = "127.0.0.1"
+PG_PORT = 5432
+PG_USER = "postgres"
+SEED_DB = "bench_beat_seed"  # migrated and seeded once per size, used as a template
+RUN_DB = "bench_beat"  # a fresh copy of the seed for every measured process
+
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+REDIS_DB = 9
+BURST_QUEUE = "bench_burst"
+IDLE_QUEUE = "bench_idle"
+LATENESS_QUEUE = "bench_lateness"
+LATENESS_LIST = "bench:lateness:starts"
+
+# Interval schedules of the burst fire every day; the rest use these periods.
+BURST_EVERY = (1, "days")
+
+
+def database_url(name: str) -> str:
+    return f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+
+
+def redis_url() -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+
+
+def bench_env(db_name: str) -> dict[str, str]:
+    """Environment for a Django process of the bench: its database, broker, quiet logs."""
+    env = {k: v for k, v in os.environ.items() if k not in {"SENTRY_DSN", "BROKER_URL", "DEBUG"}}
+    env.update(
+        DJANGO_SETTINGS_MODULE="settings",
+        DATABASE_URL=database_url(db_name),
+        REDIS_URL=redis_url(),
+        LOG_LEVEL="WARNING",
+        PYTHONPATH=str(REPO),
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    return env
+
+
+def setup_django(db_name: str) -> None:
+    os.environ.update(bench_env(db_name))
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
+
+
+def admin_connection():
+    """An autocommit connection to the ``postgres`` maintenance database."""
+    import psycopg
+
+    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True)
+
+
+def drop_database(name: str) -> None:
+    with admin_connection() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def create_database(name: str, template: str | None = None) -> None:
+    with admin_connection() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if template:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        else:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def redis_client():
+    import redis
+
+    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB, socket_timeout=10)
+
+
+def flush_bench_redis() -> None:
+    """FLUSHDB on the bench's own Redis database number only."""
+    client = redis_client()
+    assert client.connection_pool.connection_kwargs["db"] == REDIS_DB
+    client.flushdb()
+
+
+def proc_status() -> dict[str, float]:
+    """VmRSS / VmHWM of this process in MB (Linux), and ru_maxrss."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in {"VmRSS", "VmHWM"}:
+                out[key] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    out["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def sleep_until(wall: float) -> None:
+    """Sleep until ``time.time() >= wall`` (coarse sleep, then a short spin)."""
+    while True:
+        left = wall - time.time()
+        if left <= 0:
+            return
+        if left > 0.002:
+            time.sleep(left - 0.001)
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if value == 0:
+        return "0"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.{digits}g}"
+
+
+def ratio(theirs, ours) -> str:
+    if theirs is None or ours is None or ours == 0:
+        return "–"
+    r = theirs / ours
+    return f"{r:,.0f}×" if r >= 100 else f"{r:.1f}×" if r >= 1 else f"{r:.2f}×"
