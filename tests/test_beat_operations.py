@@ -72,3 +72,18 @@ def test_beatstatus_names_the_leader_and_the_next_slots(capsys):
 def test_beatstatus_check_fails_when_no_beat_leads():
     with pytest.raises(CommandError, match="no beat leads"):
         call_command("beatstatus", "--check")
+
+
+def test_flagging_many_schedules_takes_a_few_statements_not_one_each(entry, django_assert_max_num_queries):
+    from dataclasses import replace
+
+    entries = [replace(entry, task_id=entry.task_id)]
+    interval = IntervalSchedule.objects.get(every=1, period=IntervalSchedule.MINUTES)
+    for i in range(60):
+        task = PeriodicTask.objects.create(name=f"hb{i}", task="heartbeat", interval=interval)
+        entries.append(replace(entry, task_id=task.pk))
+
+    with django_assert_max_num_queries(3):  # live workers, current flags, one grouped UPDATE
+        assert flag_unserved(entries) == 61
+
+    assert SchedulePolicy.objects.exclude(problem="").count() == 61
