@@ -110,10 +110,13 @@ class DatabaseBeat(Scheduler):
         pass
 
     def close(self) -> None:
+        """On shutdown: send what a stop interrupted after commit, then hand the lease over."""
         try:
+            if self.engine is not None:
+                dispatch.publish_outbox(self.app)
             self.lease.release()
-        except OUTAGES:
-            pass
+        except OUTAGES as exc:
+            logger.warning("beat: could not flush the outbox or release the lease on shutdown: %s", exc)
         connections.close_all()
 
     @property
