@@ -18,6 +18,7 @@ popped (lazy deletion: an edit costs O(log N), not O(N)).
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import logging
@@ -113,9 +114,15 @@ class BeatEngine:
         self.defaults = job_defaults()
         self.entries.clear()
         self.heap.clear()
-        for row in fetch_rows():
-            self._install(entry_from_row(row, self.defaults), now, edited=False)
-        self.heap.sort()  # _install appends while loading; one sort beats N pushes
+        # Building 100,000 long-lived entries triggers many useless collections
+        # (a tenth of the load); collect once at the end instead.
+        gc.disable()
+        try:
+            for row in fetch_rows():
+                self._install(entry_from_row(row, self.defaults), now, edited=False)
+        finally:
+            gc.enable()
+        heapq.heapify(self.heap)  # _install appends while loading; O(N) beats N pushes
         self.loaded = True
         self.next_poll = time.monotonic() + self.poll_interval
         self.next_reconcile = time.monotonic() + self.reconcile_interval

@@ -96,6 +96,17 @@ class Entry:
         return slot + timedelta(milliseconds=int.from_bytes(digest, "big") % (self.jitter * 1000))
 
 
+@lru_cache(maxsize=4096)
+def seconds(n: int) -> timedelta:
+    """Shared timedelta objects: 100,000 entries hold a handful of distinct deadlines."""
+    return timedelta(seconds=n)
+
+
+@lru_cache(maxsize=4096)
+def interval_of(every: int, period: str) -> timedelta:
+    return every * INTERVAL_UNITS[period]
+
+
 @lru_cache(maxsize=65536)
 def cron_spec(expression: str, zone: str) -> CronSpec:
     """One shared ``CronSpec`` per (expression, zone)."""
@@ -193,7 +204,7 @@ def entry_from_row(row: tuple, defaults: dict[str, tuple[str, int, int]]) -> Ent
         queue=sys.intern(p_queue or queue or d_queue or "default"),
         soft_time_limit=p_soft or d_soft,
         hard_time_limit=p_hard or d_hard,
-        starting_deadline=timedelta(seconds=p_deadline or settings.JOB_DEFAULT_STARTING_DEADLINE),
+        starting_deadline=seconds(p_deadline or settings.JOB_DEFAULT_STARTING_DEADLINE),
         catchup=p_catchup or CatchUp.LATEST,
         overlap=p_overlap or Overlap.ALLOW,
         jitter=p_jitter or 0,
@@ -210,7 +221,7 @@ def entry_from_row(row: tuple, defaults: dict[str, tuple[str, int, int]]) -> Ent
     if c_minute is not None:
         entry.cron = cron_spec(f"{c_minute} {c_hour} {c_dom} {c_month} {c_dow}", str(c_tz or "UTC"))
     elif i_every is not None:
-        entry.interval = i_every * INTERVAL_UNITS[i_period]
+        entry.interval = interval_of(i_every, i_period)
         entry.anchor = (start_time or p_anchor or created).replace(microsecond=0)
     elif clocked_time is not None:
         entry.clocked = clocked_time
