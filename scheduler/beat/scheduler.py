@@ -65,6 +65,11 @@ class DatabaseBeat(Scheduler):
             return 0.0
         except OUTAGES as exc:
             self._note_failure(exc)
+            if self.engine is not None:
+                # Slots popped for a claim that failed exist only in memory:
+                # rebuild from the database (last_slot_at did not advance) on
+                # recovery, so catch-up records or runs them instead of losing them.
+                self.engine.loaded = False
             return float(self.max_interval or 1)
         if self._failing:
             logger.warning("beat: recovered; carrying on")
