@@ -41,10 +41,6 @@ class ChangeFeed:
         self.cursor = ScheduleChange.objects.aggregate(top=Max("id"))["top"] or 0
         self.gaps.clear()
 
-    def lag(self) -> int:
-        """Changes written but not yet applied."""
-        return ScheduleChange.objects.filter(id__gt=self.cursor).count()
-
     def poll(self, limit: int = 10_000) -> set[int]:
         """Task ids changed since the last poll (possibly a few seen before)."""
         low = min(self.gaps, default=self.cursor + 1) - 1

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from jobs.models import JobRun, RunStatus
 from scheduler.embedded_redis import start_embedded_redis
-from tests.support.processes import start_beat
+from tests.support.processes import free_port, start_beat
 from tests.support.schedules import assert_no_holes, make_interval_schedules, queued_ids, slots_by_schedule
 from tests.support.tcp_proxy import TcpProxy
 
@@ -25,14 +25,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 OUTAGE_SECONDS = 30
 EVERY = 5
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_redis(port: int, data_dir):
