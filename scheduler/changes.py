@@ -4,7 +4,14 @@
 :func:`scheduler.services.update_schedules` (bulk edits, which skip signals),
 inside the writer's transaction: a rolled-back edit leaves no change behind.
 
-``ChangeFeed`` reads it. Auto-increment ids can commit out of order (id 7
+On PostgreSQL, ``record_changes`` also sends a ``NOTIFY`` on ``CHANNEL`` in
+the same transaction (delivered only if it commits), and ``ChangeListener``
+lets beat notice it with a non-blocking socket read instead of a query per
+tick. The notification is only a wake-up call: the log stays the truth, so a
+lost notification (the listening connection dropped) delays an edit by the
+fallback poll interval at most, never loses it.
+
+``ChangeFeed`` reads the log. Auto-increment ids can commit out of order (id 7
 commits before id 6), so the feed does not trust "everything above the
 highest id seen": a gap below it is re-read until it fills or is older than
 ``GAP_PATIENCE`` (a rolled-back insert leaves a gap for ever). Re-reading a
@@ -13,22 +20,80 @@ change is harmless: applying one is idempotent (the entry is rebuilt).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from datetime import timedelta
 
+from django.db import connection
 from django.db.models import Max
 from django.utils import timezone
 
 from scheduler.models import ScheduleChange
 
+logger = logging.getLogger(__name__)
+
 GAP_PATIENCE = 10.0  # seconds
+CHANNEL = "schedule_changes"
 
 
 def record_changes(task_ids: Iterable[int]) -> int:
     rows = [ScheduleChange(task_id=task_id) for task_id in set(task_ids)]
     ScheduleChange.objects.bulk_create(rows, batch_size=1000)
+    if rows and connection.vendor == "postgresql":
+        # Transactional: PostgreSQL delivers it at commit (once per transaction
+        # and channel, however many edits), and never for a rollback.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
     return len(rows)
+
+
+class ChangeListener:
+    """``LISTEN`` on ``CHANNEL`` over a connection of its own (PostgreSQL only).
+
+    ``notified()`` costs a few microseconds (a non-blocking read of the
+    socket), which is what lets an idle beat tick skip the change-log query.
+    Any error on the listening connection closes it and reports "notified",
+    so the caller polls the log (and meets the outage there, if it is one);
+    ``open()`` is called again on the next load.
+    """
+
+    def __init__(self) -> None:
+        self.conn = None
+
+    @property
+    def listening(self) -> bool:
+        return self.conn is not None
+
+    def open(self) -> bool:
+        """Start listening; False where the database has no LISTEN (SQLite)."""
+        self.close()
+        if connection.vendor != "postgresql":
+            return False
+        conn = connection.get_new_connection(connection.get_connection_params())
+        conn.autocommit = True
+        conn.execute(f"LISTEN {CHANNEL}")
+        self.conn = conn
+        return True
+
+    def notified(self) -> bool:
+        """Whether a change committed since the last call (drains every notification)."""
+        if self.conn is None:
+            return False
+        try:
+            return sum(1 for _ in self.conn.notifies(timeout=0)) > 0
+        except Exception as exc:  # noqa: BLE001 (any driver error: fall back to polling)
+            logger.warning("beat: change notifications lost (%s); polling the change log", exc)
+            self.close()
+            return True
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001, S110 (closing a broken connection)
+                pass
+            self.conn = None
 
 
 class ChangeFeed:

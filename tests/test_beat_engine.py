@@ -7,9 +7,11 @@ are real. Each test reads like the behaviour it pins down.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection, transaction
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from jobs.catalog import publish_catalog
@@ -29,7 +31,7 @@ def engine(redis_client, clean_queues):
     publish_catalog(worker="tests")
     from scheduler.celery import app
 
-    return BeatEngine(app, poll_interval=0)
+    return BeatEngine(app, poll_interval=0, fallback_poll_interval=0)
 
 
 def every(seconds: int) -> IntervalSchedule:
@@ -89,7 +91,7 @@ def test_a_restarted_engine_does_not_fire_a_slot_again(engine):
 
     from scheduler.celery import app
 
-    restarted = BeatEngine(app, poll_interval=0)
+    restarted = BeatEngine(app, poll_interval=0, fallback_poll_interval=0)
     restarted.load(now=T0 + timedelta(seconds=61))
     restarted.tick(now=T0 + timedelta(seconds=61))
 
@@ -138,6 +140,40 @@ def test_an_edit_reaches_the_engine_through_the_change_log(engine):
 
     assert engine.entries[task.pk].interval == timedelta(seconds=10)
     assert engine.entries[task.pk].pending == T0 + timedelta(seconds=10)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="LISTEN/NOTIFY is PostgreSQL's")
+def test_a_committed_edit_wakes_the_engine_without_a_poll(engine):
+    """On PostgreSQL an idle tick reads no change log; the edit's NOTIFY triggers the read."""
+    engine.fallback_poll_interval = 3600.0  # no timed poll during this test
+    task = make_task("hb", interval=every(60))
+    engine.load(now=T0)
+    engine.tick(now=T0)
+    assert engine.next_poll > time.monotonic() + 60
+
+    task.interval = every(10)
+    task.save()  # autocommit: the notification is sent at commit
+    deadline = time.monotonic() + 5
+    while engine.entries[task.pk].interval != timedelta(seconds=10) and time.monotonic() < deadline:
+        engine.tick(now=T0 + timedelta(seconds=1))
+        time.sleep(0.01)
+
+    assert engine.entries[task.pk].interval == timedelta(seconds=10)
+    assert engine.entries[task.pk].pending == T0 + timedelta(seconds=10)
+
+
+def test_a_rolled_back_edit_sends_no_notification(engine):
+    task = make_task("hb", interval=every(60))
+    engine.load(now=T0)
+    engine.listener.notified()  # drain what the set-up committed
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        task.interval = every(10)
+        task.save()
+        raise RuntimeError("abandon the edit")
+
+    time.sleep(0.2)
+    assert not engine.listener.notified()
 
 
 def test_editing_a_shared_crontab_updates_every_task_that_uses_it(engine):

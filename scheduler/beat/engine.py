@@ -2,9 +2,12 @@
 
 Cost model: a tick with nothing due is a heap peek; a due slot costs
 O(log N) plus its share of one claim transaction and one pipelined publish.
-Edits reach the heap through ``ChangeFeed`` (polled every ``poll_interval``)
-without a reload; ``reconcile`` compares every row's signature every
-``reconcile_interval`` as the safety net for raw SQL edits.
+Edits reach the heap through ``ChangeFeed`` without a reload. On PostgreSQL
+the feed is read when ``ChangeListener`` reports a committed change (a
+socket read of a few microseconds per tick) and every
+``fallback_poll_interval`` in case a notification was lost; elsewhere it is
+polled every ``poll_interval``. ``reconcile`` compares every row's signature
+every ``reconcile_interval`` as the safety net for raw SQL edits.
 
 Restart safety: an entry resumes after its policy's ``last_slot_at`` (advanced
 in the claim transaction), never after an in-memory time, so a restarted
@@ -33,7 +36,7 @@ from jobs.client import publish_runs
 from scheduler.beat import dispatch
 from scheduler.beat.dispatch import MISSED, RUN, PlannedSlot
 from scheduler.beat.entries import Entry, ensure_policies, entry_from_row, fetch_rows, job_defaults
-from scheduler.changes import ChangeFeed
+from scheduler.changes import ChangeFeed, ChangeListener
 from scheduler.models import CatchUp
 from scheduler.presence import flag_unserved
 
@@ -86,16 +89,19 @@ class BeatEngine:
         fence: Callable[[], None] | None = None,
         max_sleep: float = 1.0,
         poll_interval: float = 0.25,
+        fallback_poll_interval: float = 5.0,
         reconcile_interval: float = 300.0,
     ) -> None:
         self.app = app
         self.fence = fence
         self.max_sleep = max_sleep
         self.poll_interval = poll_interval
+        self.fallback_poll_interval = fallback_poll_interval
         self.reconcile_interval = reconcile_interval
         self.entries: dict[int, Entry] = {}
         self.heap: list[tuple[datetime, int, int, int, datetime]] = []
         self.feed = ChangeFeed()
+        self.listener = ChangeListener()
         self.defaults: dict[str, tuple[str, int, int]] = {}
         self._seq = itertools.count()
         self._versions = itertools.count(1)
@@ -109,6 +115,7 @@ class BeatEngine:
     def load(self, now: datetime | None = None) -> int:
         """Build every entry from the database; return how many are scheduled."""
         now = now or timezone.now()
+        self.listener.open()  # first: a change committed while loading wakes the next tick
         self.feed.start_at_head()  # before reading: a concurrent edit is re-read, not lost
         ensure_policies(now)
         self.defaults = job_defaults()
@@ -124,7 +131,7 @@ class BeatEngine:
             gc.enable()
         heapq.heapify(self.heap)  # _install appends while loading; O(N) beats N pushes
         self.loaded = True
-        self.next_poll = time.monotonic() + self.poll_interval
+        self.next_poll = time.monotonic() + self.change_poll_every()
         self.next_reconcile = time.monotonic() + self.reconcile_interval
         logger.info("beat engine loaded %d schedules", len(self.entries))
         return len(self.entries)
@@ -235,9 +242,9 @@ class BeatEngine:
         if not self.loaded:
             self.load(now)
         clock = time.monotonic()
-        if clock >= self.next_poll:
+        if clock >= self.next_poll or self.listener.notified():
             self.apply_changes(now)
-            self.next_poll = clock + self.poll_interval
+            self.next_poll = clock + self.change_poll_every()
         if clock >= self.next_reconcile:
             self.reconcile(now)
             self.next_reconcile = clock + self.reconcile_interval
@@ -298,8 +305,25 @@ class BeatEngine:
         wait = self.max_sleep
         if self.heap:
             wait = min(wait, (self.heap[0][0] - now).total_seconds())
-        wait = min(wait, max(0.0, self.next_poll - time.monotonic()))
+        # Wake every poll_interval even when listening: checking costs microseconds
+        # and bounds how long a committed edit waits for beat to notice it.
+        wait = min(wait, self.poll_interval, max(0.0, self.next_poll - time.monotonic()))
         return max(0.0, wait)
+
+    def change_poll_every(self) -> float:
+        """Seconds until the change log is read even without a notification.
+
+        Short without a listener (SQLite) and while the feed waits for a gap
+        to fill (an out-of-order commit), long otherwise: then the log is read
+        when a notification says a change committed.
+        """
+        if self.listener.listening and not self.feed.gaps:
+            return self.fallback_poll_interval
+        return self.poll_interval
+
+    def close(self) -> None:
+        """Release the listening connection (the engine is being dropped)."""
+        self.listener.close()
 
     def status(self) -> dict:
         """A small JSON view of the engine for ``manage.py beatstatus``."""

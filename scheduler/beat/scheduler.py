@@ -101,6 +101,7 @@ class DatabaseBeat(Scheduler):
         if self.engine is not None:
             # A warning, not an error: stepping down is the failover working.
             logger.warning("beat %s stops dispatching: %s", self.lease.holder, why)
+            self.engine.close()
         self.engine = None
         self.lease.token = None
 
@@ -119,6 +120,7 @@ class DatabaseBeat(Scheduler):
         try:
             if self.engine is not None:
                 dispatch.publish_outbox(self.app)
+                self.engine.close()
             self.lease.release()
         except OUTAGES as exc:
             logger.warning("beat: could not flush the outbox or release the lease on shutdown: %s", exc)
