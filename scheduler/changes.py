@@ -70,9 +70,12 @@ class ChangeListener:
         self.close()
         if connection.vendor != "postgresql":
             return False
-        conn = connection.get_new_connection(connection.get_connection_params())
-        conn.autocommit = True
-        conn.execute(f"LISTEN {CHANNEL}")
+        # Wrapped: a failure to connect is Django's OperationalError, the
+        # outage beat already waits out, not a driver error that would crash it.
+        with connection.wrap_database_errors:
+            conn = connection.get_new_connection(connection.get_connection_params())
+            conn.autocommit = True
+            conn.execute(f"LISTEN {CHANNEL}")
         self.conn = conn
         return True
 

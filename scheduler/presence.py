@@ -72,7 +72,12 @@ def flag_unserved(entries, now=None) -> int:
     """
     served = served_pairs(now)
     wanted: dict[int, str] = {
-        e.task_id: ("" if (e.queue, e.job) in served else unserved_problem(e.queue, e.job)) for e in entries
+        e.task_id: (
+            ""
+            if (e.definition.queue, e.definition.job) in served
+            else unserved_problem(e.definition.queue, e.definition.job)
+        )
+        for e in entries
     }
     current = dict(SchedulePolicy.objects.exclude(problem="").values_list("task_id", "problem"))
     changes: dict[str, list[int]] = defaultdict(list)

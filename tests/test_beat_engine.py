@@ -138,7 +138,7 @@ def test_an_edit_reaches_the_engine_through_the_change_log(engine):
     task.save()
     engine.apply_changes(now=T0 + timedelta(seconds=1))
 
-    assert engine.entries[task.pk].interval == timedelta(seconds=10)
+    assert engine.entries[task.pk].definition.interval == timedelta(seconds=10)
     assert engine.entries[task.pk].pending == T0 + timedelta(seconds=10)
 
 
@@ -154,11 +154,12 @@ def test_a_committed_edit_wakes_the_engine_without_a_poll(engine):
     task.interval = every(10)
     task.save()  # autocommit: the notification is sent at commit
     deadline = time.monotonic() + 5
-    while engine.entries[task.pk].interval != timedelta(seconds=10) and time.monotonic() < deadline:
+    ten_seconds = timedelta(seconds=10)
+    while engine.entries[task.pk].definition.interval != ten_seconds and time.monotonic() < deadline:
         engine.tick(now=T0 + timedelta(seconds=1))
         time.sleep(0.01)
 
-    assert engine.entries[task.pk].interval == timedelta(seconds=10)
+    assert engine.entries[task.pk].definition.interval == timedelta(seconds=10)
     assert engine.entries[task.pk].pending == T0 + timedelta(seconds=10)
 
 
@@ -209,10 +210,10 @@ def test_a_raw_sql_edit_is_caught_by_reconcile(engine):
 
     PeriodicTask.objects.filter(pk=task.pk).update(interval=every(5))  # no signal, no change log
     engine.apply_changes(now=T0)
-    assert engine.entries[task.pk].interval == timedelta(seconds=60)
+    assert engine.entries[task.pk].definition.interval == timedelta(seconds=60)
 
     assert engine.reconcile(now=T0) == 1
-    assert engine.entries[task.pk].interval == timedelta(seconds=5)
+    assert engine.entries[task.pk].definition.interval == timedelta(seconds=5)
 
 
 def test_update_schedules_refuses_to_bypass_job_validation():
@@ -258,8 +259,8 @@ def test_the_fast_full_load_and_the_per_task_load_agree(engine):
         (row,) = fetch_rows([task.pk])
         one = entry_from_row(row, {})
         assert one.signature == full[task.pk].signature
-        assert (one.last_slot, one.anchor, one.cron) == (
+        assert (one.last_slot, one.anchor, one.definition) == (
             full[task.pk].last_slot,
             full[task.pk].anchor,
-            full[task.pk].cron,
+            full[task.pk].definition,
         )

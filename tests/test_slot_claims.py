@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -56,11 +57,11 @@ def test_a_claimed_run_carries_its_deadline_and_waits_in_the_outbox(entry):
 
     assert run.status == RunStatus.QUEUED
     assert run.enqueued_at is None  # not yet published: the outbox
-    assert run.deadline == SLOT + entry.starting_deadline
+    assert run.deadline == SLOT + entry.definition.starting_deadline
 
 
 def test_it_records_skipped_when_the_previous_run_is_still_running(entry):
-    entry.overlap = Overlap.SKIP
+    entry.definition = replace(entry.definition, overlap=Overlap.SKIP)
     (first,) = claim(entry, SLOT)
     JobRun.objects.filter(pk=first.pk).update(status=RunStatus.RUNNING)
 
@@ -88,7 +89,7 @@ def test_a_missed_slot_is_recorded_and_not_published(entry):
 
 
 def test_replace_records_the_older_active_runs_and_returns_them_for_revocation(entry):
-    entry.overlap = Overlap.REPLACE
+    entry.definition = replace(entry.definition, overlap=Overlap.REPLACE)
     (running,) = claim(entry, SLOT)
     JobRun.objects.filter(pk=running.pk).update(status=RunStatus.RUNNING)
     later = SLOT + timedelta(minutes=1)

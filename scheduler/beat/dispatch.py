@@ -26,7 +26,9 @@ from datetime import datetime
 
 from celery import Celery
 from django.db import connection, transaction
+from django.db.models import Case, Value, When
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
 from jobs.client import CHUNK, chunks, publish_runs
 from jobs.models import ACTIVE_STATUSES, JobRun, RunStatus
@@ -63,7 +65,6 @@ class ClaimedRun:
 
     id: uuid.UUID
     schedule_id: int
-    schedule_name: str
     job: str
     args: list
     kwargs: dict
@@ -90,28 +91,27 @@ INSERT_COLUMNS = (
 
 
 def _run_for(planned: PlannedSlot, status: RunStatus, now: datetime, message: str = "") -> ClaimedRun:
-    entry = planned.entry
+    definition = planned.entry.definition
     return ClaimedRun(
         id=uuid.uuid4(),
-        schedule_id=entry.task_id,
-        schedule_name=entry.name,
-        job=entry.job,
-        args=json.loads(entry.args_json),
-        kwargs=json.loads(entry.kwargs_json),
-        queue=entry.queue,
-        soft_time_limit=entry.soft_time_limit,
-        hard_time_limit=entry.hard_time_limit,
+        schedule_id=planned.entry.task_id,
+        job=definition.job,
+        args=json.loads(definition.args_json),
+        kwargs=json.loads(definition.kwargs_json),
+        queue=definition.queue,
+        soft_time_limit=definition.soft_time_limit,
+        hard_time_limit=definition.hard_time_limit,
         scheduled_for=planned.slot,
-        deadline=planned.slot + entry.starting_deadline,
+        deadline=planned.slot + definition.starting_deadline,
         status=status,
         finished_at=None if status == RunStatus.QUEUED else now,
         error_message=message,
     )
 
 
-def _row(run: ClaimedRun, now: datetime) -> tuple:
+def _row(run: ClaimedRun, now: datetime, schedule_name: str = "") -> tuple:
     return (
-        run.id, run.schedule_id, run.schedule_name[:200], run.job, json.dumps(run.args),
+        run.id, run.schedule_id, schedule_name[:200], run.job, json.dumps(run.args),
         json.dumps(run.kwargs), run.queue, run.soft_time_limit, run.hard_time_limit,
         run.scheduled_for, run.deadline, str(run.status), run.finished_at, run.error_message,
         0, "", "", "", now,
@@ -121,16 +121,24 @@ def _row(run: ClaimedRun, now: datetime) -> tuple:
 def insert_runs(runs: Sequence[ClaimedRun], now: datetime) -> set[uuid.UUID]:
     """Insert ``runs`` and advance their schedules' ``last_slot_at``; return the ids inserted.
 
-    Slots already claimed are skipped. PostgreSQL: COPY into a temporary table,
-    one INSERT … ON CONFLICT DO NOTHING RETURNING id, one UPDATE of the
+    Slots already claimed are skipped. The schedule's name is copied into
+    the run from the database (beat does not keep names in memory).
+    PostgreSQL: COPY into a temporary table, one INSERT … SELECT … ON
+    CONFLICT DO NOTHING RETURNING id joining the names, one UPDATE of the
     policies from the same table (10,000 rows in a fraction of a second; the
     ORM's bulk_create spent most of its time preparing values). Elsewhere
     (SQLite): the ORM, a read-back of which ids exist, and grouped UPDATEs.
     """
     if connection.vendor == "postgresql":
         return _insert_runs_postgresql(runs, now)
+    names: dict[int, str] = {}
+    for chunk in chunks(list({run.schedule_id for run in runs})):
+        names.update(PeriodicTask.objects.filter(pk__in=chunk).values_list("pk", "name"))
     JobRun.objects.bulk_create(
-        [JobRun(**dict(zip(INSERT_COLUMNS, _row(run, now), strict=True))) for run in runs],
+        [
+            JobRun(**dict(zip(INSERT_COLUMNS, _row(run, now, names.get(run.schedule_id, "")), strict=True)))
+            for run in runs
+        ],
         ignore_conflicts=True,
         batch_size=CHUNK,
     )
@@ -144,7 +152,12 @@ def insert_runs(runs: Sequence[ClaimedRun], now: datetime) -> set[uuid.UUID]:
 def _insert_runs_postgresql(runs: Sequence[ClaimedRun], now: datetime) -> set[uuid.UUID]:
     table = JobRun._meta.db_table
     policies = SchedulePolicy._meta.db_table
+    tasks = PeriodicTask._meta.db_table
     columns = ", ".join(INSERT_COLUMNS)
+    selected = ", ".join(
+        "coalesce(left(t.name, 200), '')" if column == "schedule_name" else f"c.{column}"
+        for column in INSERT_COLUMNS
+    )
     with connection.cursor() as cursor:
         cursor.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS beat_claims "  # noqa: S608 (no user input)
@@ -155,7 +168,8 @@ def _insert_runs_postgresql(runs: Sequence[ClaimedRun], now: datetime) -> set[uu
             for run in runs:
                 copy.write_row(_row(run, now))
         cursor.execute(
-            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM beat_claims "  # noqa: S608
+            f"INSERT INTO {table} ({columns}) SELECT {selected} FROM beat_claims c "  # noqa: S608
+            f"LEFT JOIN {tasks} t ON t.id = c.schedule_id "
             "ON CONFLICT (schedule_id, scheduled_for) DO NOTHING RETURNING id"
         )
         ours = {row[0] for row in cursor.fetchall()}
@@ -196,26 +210,33 @@ def claim_slots(
     now = now or timezone.now()
     with transaction.atomic():
         overlapping = [
-            p.entry.task_id for p in planned if p.outcome == RUN and p.entry.overlap != Overlap.ALLOW
+            p.entry.task_id
+            for p in planned
+            if p.outcome == RUN and p.entry.definition.overlap != Overlap.ALLOW
         ]
         active = schedules_with_active_runs(overlapping) if overlapping else {}
         runs, to_revoke = [], []
         for p in planned:
             if p.outcome == MISSED:
                 runs.append(_run_for(p, RunStatus.MISSED, now, p.reason))
-            elif p.entry.task_id in active and p.entry.overlap == Overlap.SKIP:
+            elif p.entry.task_id in active and p.entry.definition.overlap == Overlap.SKIP:
                 runs.append(
                     _run_for(p, RunStatus.SKIPPED, now, "the previous run was still queued or running")
                 )
             else:
-                if p.entry.task_id in active and p.entry.overlap == Overlap.REPLACE:
+                if p.entry.task_id in active and p.entry.definition.overlap == Overlap.REPLACE:
                     to_revoke.extend(active.pop(p.entry.task_id))
                 runs.append(_run_for(p, RunStatus.QUEUED, now))
         ours = insert_runs(runs, now)
-        for old in to_revoke:
-            replaced_status = RunStatus.SKIPPED if old.status != RunStatus.RUNNING else RunStatus.FAILED
-            JobRun.objects.filter(pk=old.pk, status__in=ACTIVE_STATUSES).update(
-                status=replaced_status,
+        if to_revoke:
+            # The status is decided by the UPDATE, not from what was read above:
+            # a worker may have started the run since, and a run that started is
+            # "failed" (it was cut short), not "skipped" (it never ran).
+            JobRun.objects.filter(pk__in=[old.pk for old in to_revoke], status__in=ACTIVE_STATUSES).update(
+                status=Case(
+                    When(status=RunStatus.RUNNING, then=Value(RunStatus.FAILED)),
+                    default=Value(RunStatus.SKIPPED),
+                ),
                 finished_at=now,
                 error_type="Replaced",
                 error_message="replaced by a newer slot (overlap policy: replace)",
@@ -228,8 +249,9 @@ def claim_slots(
 
 
 def revoke_replaced(app: Celery, runs: Sequence[JobRun]) -> None:
-    for run in runs:
-        app.control.revoke(str(run.pk), terminate=True, signal="SIGTERM")
+    """Stop replaced runs: one broadcast revoking them all (terminating a started one)."""
+    if runs:
+        app.control.revoke([str(run.pk) for run in runs], terminate=True, signal="SIGTERM")
 
 
 def publish_outbox(app: Celery, limit: int = 10_000) -> int:

@@ -14,9 +14,9 @@ in the claim transaction), never after an in-memory time, so a restarted
 beat fires no slot twice. Slots that passed while no beat ran are handled by
 the schedule's catch-up policy (``plan_due_slots``) and recorded.
 
-The heap holds (fire_at, seq, task_id, version, slot); an entry rebuilt by an
-edit gets a new version, and heap items of older versions are dropped when
-popped (lazy deletion: an edit costs O(log N), not O(N)).
+The heap holds (fire_at, seq, entry); the slot is ``entry.pending``. An
+entry replaced by an edit or removed is marked ``retired`` and its heap item
+is dropped when popped (lazy deletion: an edit costs O(log N), not O(N)).
 """
 
 from __future__ import annotations
@@ -31,11 +31,19 @@ from datetime import datetime, timedelta
 
 from celery import Celery
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
 from jobs.client import publish_runs
 from scheduler.beat import dispatch
 from scheduler.beat.dispatch import MISSED, RUN, PlannedSlot
-from scheduler.beat.entries import Entry, ensure_policies, entry_from_row, fetch_rows, job_defaults
+from scheduler.beat.entries import (
+    Entry,
+    EntryFactory,
+    ensure_policies,
+    fetch_rows,
+    fetch_signatures,
+    job_defaults,
+)
 from scheduler.changes import ChangeFeed, ChangeListener
 from scheduler.models import CatchUp
 from scheduler.presence import flag_unserved
@@ -61,11 +69,12 @@ def plan_due_slots(entry: Entry, slots: list[datetime], now: datetime) -> list[P
     deadline is always missed. Of the rest: ``latest`` runs the newest,
     ``all`` runs each, ``none`` runs the newest only if it is on time.
     """
-    deadline = entry.starting_deadline
+    deadline = entry.definition.starting_deadline
+    catchup = entry.definition.catchup
     runnable = [s for s in slots if now - s <= deadline]
-    if entry.catchup == CatchUp.ALL:
+    if catchup == CatchUp.ALL:
         chosen = set(runnable)
-    elif entry.catchup == CatchUp.NONE:
+    elif catchup == CatchUp.NONE:
         chosen = {slots[-1]} if now - slots[-1] <= min(ON_TIME_GRACE, deadline) else set()
     else:
         chosen = {runnable[-1]} if runnable else set()
@@ -74,9 +83,7 @@ def plan_due_slots(entry: Entry, slots: list[datetime], now: datetime) -> list[P
         if slot in chosen:
             planned.append(PlannedSlot(entry, slot, RUN))
         else:
-            why = (
-                "past its starting deadline" if now - slot > deadline else f"catch-up policy {entry.catchup}"
-            )
+            why = "past its starting deadline" if now - slot > deadline else f"catch-up policy {catchup}"
             planned.append(PlannedSlot(entry, slot, MISSED, f"not run: {why}"))
     return planned
 
@@ -99,12 +106,11 @@ class BeatEngine:
         self.fallback_poll_interval = fallback_poll_interval
         self.reconcile_interval = reconcile_interval
         self.entries: dict[int, Entry] = {}
-        self.heap: list[tuple[datetime, int, int, int, datetime]] = []
+        self.heap: list[tuple[datetime, int, Entry]] = []
         self.feed = ChangeFeed()
         self.listener = ChangeListener()
-        self.defaults: dict[str, tuple[str, int, int]] = {}
-        self._seq = itertools.count()
-        self._versions = itertools.count(1)
+        self.factory = EntryFactory({})
+        self._seq = itertools.count()  # heap tie-breaker: entries themselves do not compare
         self.next_poll = 0.0
         self.next_reconcile = 0.0
         self.next_presence_check = 0.0
@@ -118,7 +124,7 @@ class BeatEngine:
         self.listener.open()  # first: a change committed while loading wakes the next tick
         self.feed.start_at_head()  # before reading: a concurrent edit is re-read, not lost
         ensure_policies(now)
-        self.defaults = job_defaults()
+        self.factory = EntryFactory(job_defaults())
         self.entries.clear()
         self.heap.clear()
         # Building 100,000 long-lived entries triggers many useless collections
@@ -126,7 +132,8 @@ class BeatEngine:
         gc.disable()
         try:
             for row in fetch_rows():
-                self._install(entry_from_row(row, self.defaults), now, edited=False)
+                entry, resume_after = self.factory.build(row)
+                self._install(entry, now, resume_after=resume_after)
         finally:
             gc.enable()
         heapq.heapify(self.heap)  # _install appends while loading; O(N) beats N pushes
@@ -136,71 +143,93 @@ class BeatEngine:
         logger.info("beat engine loaded %d schedules", len(self.entries))
         return len(self.entries)
 
-    def _install(self, entry: Entry, now: datetime, *, edited: bool, previous: Entry | None = None) -> None:
+    def _install(
+        self,
+        entry: Entry,
+        now: datetime,
+        *,
+        resume_after: datetime | None = None,
+        previous: Entry | None = None,
+    ) -> None:
         """Put ``entry`` in place with its next slot.
 
-        A fresh load resumes after the last claimed slot (or the schedule's
-        creation), so downtime is caught up. An edit resumes from now, except
-        that a slot already due under the old definition is not lost.
+        A full load resumes after ``resume_after`` (the last claimed slot, or
+        the schedule's creation), so downtime is caught up. An edit resumes
+        from now, except that a slot already due under the old definition
+        (``previous``) is not lost.
         """
-        entry.version = next(self._versions)
         self.entries[entry.task_id] = entry
-        if edited:
+        if resume_after is not None:
+            after = resume_after
+        else:
             if previous is not None and previous.last_slot:
                 entry.last_slot = max(filter(None, [entry.last_slot, previous.last_slot]))
             after = max(filter(None, [entry.last_slot, now]))
             if previous is not None and previous.pending is not None and previous.pending <= now:
                 # Due under the old definition but not yet fired: do not lose it.
                 after = max(filter(None, [entry.last_slot, previous.pending - timedelta(microseconds=1)]))
-        else:
-            after = entry.last_slot or entry.created_at
-        if entry.one_off and entry.last_slot is not None:
+        if entry.definition.one_off and entry.last_slot is not None:
             return
         slot = entry.next_slot(after)
         if slot is None:
             return
         entry.pending = slot
-        item = (entry.fire_at(slot), next(self._seq), entry.task_id, entry.version, slot)
+        item = (entry.fire_at(slot), next(self._seq), entry)
         if self.loaded:
             heapq.heappush(self.heap, item)
         else:
             self.heap.append(item)
+
+    def _remove(self, task_id: int) -> Entry | None:
+        """Forget ``task_id``'s entry; its heap item is skipped when popped."""
+        entry = self.entries.pop(task_id, None)
+        if entry is not None:
+            entry.retired = True
+        return entry
 
     def apply_changes(self, now: datetime | None = None) -> int:
         """Rebuild the entries named by the change log; return how many changed."""
         changed = self.feed.poll()
         if not changed:
             return 0
-        now = now or timezone.now()
-        self.defaults = job_defaults()
-        ensure_policies(now, changed)
-        rows = {row[0]: row for row in fetch_rows(changed)}
-        for task_id in changed:
-            previous = self.entries.pop(task_id, None)
-            row = rows.get(task_id)
-            if row is not None:
-                self._install(entry_from_row(row, self.defaults), now, edited=True, previous=previous)
+        self._rebuild(changed, now or timezone.now())
         return len(changed)
 
+    def _rebuild(self, task_ids: set[int], now: datetime) -> None:
+        """Re-read ``task_ids`` from the database; drop those no longer enabled."""
+        self.factory.defaults = job_defaults()
+        ensure_policies(now, task_ids)
+        rows = {row[0]: row for row in fetch_rows(task_ids)}
+        for task_id in task_ids:
+            previous = self._remove(task_id)
+            row = rows.get(task_id)
+            if row is not None:
+                self._install(self.factory.build(row)[0], now, previous=previous)
+
     def reconcile(self, now: datetime | None = None) -> int:
-        """Compare every row with its entry; rebuild what differs (raw SQL edits)."""
+        """Compare every row's signature with its entry; rebuild what differs (raw SQL edits).
+
+        Reads (id, signature) pairs only, computed by the server on
+        PostgreSQL, so this costs a fraction of a load. It also starts a new
+        table of shared definitions: ones that no entry uses any more are
+        freed instead of accumulating over months of edits.
+        """
         now = now or timezone.now()
-        self.defaults = job_defaults()
-        seen = set()
-        rebuilt = 0
-        for row in fetch_rows():
-            task_id = row[0]
+        seen: set[int] = set()
+        differ: set[int] = set()
+        for task_id, signature in fetch_signatures():
             seen.add(task_id)
             current = self.entries.get(task_id)
-            candidate = entry_from_row(row, self.defaults)
-            if current is None or current.signature != candidate.signature:
-                self.entries.pop(task_id, None)
-                self._install(candidate, now, edited=True, previous=current)
-                rebuilt += 1
-        for gone in set(self.entries) - seen:
-            del self.entries[gone]
-            rebuilt += 1
+            if current is None or current.signature != signature:
+                differ.add(task_id)
+        gone = set(self.entries) - seen
+        for task_id in gone:
+            self._remove(task_id)
+        self.factory = EntryFactory(job_defaults())
+        if differ:
+            self._rebuild(differ, now)
         self.feed.prune()
+        rebuilt = len(differ) + len(gone)
         if rebuilt:
             logger.warning("beat reconcile: %d schedules differed from the change log", rebuilt)
         return rebuilt
@@ -211,10 +240,10 @@ class BeatEngine:
         planned: list[PlannedSlot] = []
         heap = self.heap
         while heap and heap[0][0] <= now:
-            _, _, task_id, version, slot = heapq.heappop(heap)
-            entry = self.entries.get(task_id)
-            if entry is None or entry.version != version:
-                continue  # deleted or edited since this item was pushed
+            entry = heapq.heappop(heap)[2]
+            if entry.retired:
+                continue  # edited or deleted since this item was pushed
+            slot = entry.pending
             slots = [slot]
             following = entry.next_slot(slot)
             while following is not None and following <= now and len(slots) < MAX_CATCHUP_SLOTS:
@@ -223,8 +252,8 @@ class BeatEngine:
             if following is not None and following <= now:
                 skipped_to = entry.next_slot(now)
                 logger.warning(
-                    "beat: %s fell more than %d slots behind; skipping to %s",
-                    entry.name,
+                    "beat: schedule %s fell more than %d slots behind; skipping to %s",
+                    entry.task_id,
                     MAX_CATCHUP_SLOTS,
                     skipped_to,
                 )
@@ -232,9 +261,9 @@ class BeatEngine:
             planned.extend(plan_due_slots(entry, slots, now))
             entry.last_slot = slots[-1]
             entry.pending = None
-            if following is not None and not entry.one_off:
+            if following is not None and not entry.definition.one_off:
                 entry.pending = following
-                heapq.heappush(heap, (entry.fire_at(following), next(self._seq), task_id, version, following))
+                heapq.heappush(heap, (entry.fire_at(following), next(self._seq), entry))
         return planned
 
     def tick(self, now: datetime | None = None) -> float:
@@ -272,8 +301,12 @@ class BeatEngine:
             claimed, to_revoke = dispatch.claim_slots(batch, fence=self.fence, now=now)
             claimed_count += len(claimed)
             try:
-                sent += publish_runs(self.app, claimed)
+                # Before publishing: the old run stops before its replacement can start.
                 dispatch.revoke_replaced(self.app, to_revoke)
+            except Exception as exc:  # noqa: BLE001 (the runs are recorded replaced; say so loudly)
+                logger.error("beat: could not revoke %d replaced runs: %s", len(to_revoke), exc)
+            try:
+                sent += publish_runs(self.app, claimed)
             except Exception as exc:  # noqa: BLE001 (any broker error: keep them in the outbox)
                 self.outbox_dirty = True
                 logger.error(
@@ -327,21 +360,29 @@ class BeatEngine:
 
     def status(self) -> dict:
         """A small JSON view of the engine for ``manage.py beatstatus``."""
+        upcoming = self.next_due(10)
+        # Names live in the database, not in the entries (memory).
+        names = dict(
+            PeriodicTask.objects.filter(pk__in=[e.task_id for _, e in upcoming]).values_list("pk", "name")
+        )
         return {
             "schedules": len(self.entries),
             "heap": len(self.heap),
             "change_cursor": self.feed.cursor,
             "outbox_blocked": self.outbox_dirty,
             "next_due": [
-                {"slot": slot.isoformat(), "schedule": entry.name, "job": entry.job}
-                for slot, entry in self.next_due(10)
+                {
+                    "slot": slot.isoformat(),
+                    "schedule": names.get(entry.task_id, ""),
+                    "job": entry.definition.job,
+                }
+                for slot, entry in upcoming
             ],
         }
 
     def next_due(self, count: int = 10) -> list[tuple[datetime, Entry]]:
         upcoming = []
-        for _, _, task_id, version, slot in heapq.nsmallest(count * 3, self.heap):
-            entry = self.entries.get(task_id)
-            if entry is not None and entry.version == version:
-                upcoming.append((slot, entry))
+        for _, _, entry in heapq.nsmallest(count * 3, self.heap):
+            if not entry.retired and entry.pending is not None:
+                upcoming.append((entry.pending, entry))
         return upcoming[:count]

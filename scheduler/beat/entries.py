@@ -32,23 +32,36 @@ INTERVAL_UNITS = {
     "microseconds": timedelta(microseconds=1),
 }
 
+# Row layout, the same from the raw SQL (PostgreSQL) and the ORM (elsewhere):
+# the task id, then the columns that define what runs and when (identical
+# ones are shared by one ``Definition``), then the schedule's own timestamps,
+# then the signature (appended; see ``fetch_rows``).
 ROW_FIELDS = (
-    "pk", "name", "task", "args", "kwargs", "queue", "one_off", "start_time", "expires",
+    "pk",
+    "task", "args", "kwargs", "queue", "one_off", "start_time", "expires",
     "crontab__minute", "crontab__hour", "crontab__day_of_month", "crontab__month_of_year",
     "crontab__day_of_week", "crontab__timezone", "interval__every", "interval__period",
     "clocked__clocked_time", "policy__soft_time_limit", "policy__hard_time_limit",
     "policy__queue", "policy__catchup", "policy__overlap", "policy__starting_deadline",
-    "policy__anchor", "policy__jitter", "policy__created_at", "policy__last_slot_at",
+    "policy__jitter",
+    "policy__anchor", "policy__created_at", "policy__last_slot_at",
 )  # fmt: skip
-# Everything but last_slot_at, which beat itself advances: a change here is an edit.
-SIGNATURE_LENGTH = len(ROW_FIELDS) - 1
-_TZ = ROW_FIELDS.index("crontab__timezone")
+DEFINITION_COLUMNS = slice(1, ROW_FIELDS.index("policy__anchor"))
+ANCHOR = ROW_FIELDS.index("policy__anchor")
+CREATED = ROW_FIELDS.index("policy__created_at")
+LAST_SLOT = ROW_FIELDS.index("policy__last_slot_at")
+SIGNATURE = len(ROW_FIELDS)  # position of the appended signature
 
 
-@dataclass(slots=True)
-class Entry:
-    task_id: int
-    name: str
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """What a schedule runs and when, less what is its own (id, anchor, progress).
+
+    Immutable and shared: schedules whose columns are identical hold one
+    ``Definition`` (``EntryFactory``), so 100,000 schedules of a few hundred
+    kinds cost a few hundred of these, not 100,000.
+    """
+
     job: str
     args_json: str
     kwargs_json: str
@@ -59,41 +72,57 @@ class Entry:
     catchup: str
     overlap: str
     jitter: int
-    created_at: datetime
-    signature: int  # hash of the row's columns but last_slot_at: cheaper to keep than the tuple
-    cron: CronSpec | None = None
-    interval: timedelta | None = None
-    anchor: datetime | None = None
-    clocked: datetime | None = None
-    not_before: datetime | None = None
-    expires: datetime | None = None
-    one_off: bool = False
+    cron: CronSpec | None
+    interval: timedelta | None
+    clocked: datetime | None
+    not_before: datetime | None
+    expires: datetime | None
+    one_off: bool
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """One enabled schedule in beat's memory: its definition and where it stands.
+
+    Deliberately small (100,000 of them live in beat): the schedule's name
+    stays in the database (the claim copies it into the run there), and
+    everything identical across schedules lives in the shared ``definition``.
+    ``retired`` marks an entry replaced by an edit or removed; its heap item
+    is dropped when popped.
+    """
+
+    task_id: int
+    definition: Definition
+    signature: int  # of the row's columns but last_slot_at: reconcile compares it
+    anchor: datetime | None = None  # intervals only
     last_slot: datetime | None = None
     pending: datetime | None = None  # the slot this entry waits for in the heap
-    version: int = 0
+    retired: bool = False
 
     def next_slot(self, after: datetime) -> datetime | None:
         """The first slot strictly after ``after``, within start_time/expires."""
-        if self.not_before is not None and after < self.not_before:
-            after = self.not_before - timedelta(microseconds=1)
-        if self.cron is not None:
-            slot = next_cron_slot(self.cron, after)
-        elif self.interval is not None and self.anchor is not None:
-            slot = next_interval_slot(self.anchor, self.interval, after)
-        elif self.clocked is not None:
-            slot = next_clocked_slot(self.clocked, after)
+        d = self.definition
+        if d.not_before is not None and after < d.not_before:
+            after = d.not_before - timedelta(microseconds=1)
+        if d.cron is not None:
+            slot = next_cron_slot(d.cron, after)
+        elif d.interval is not None and self.anchor is not None:
+            slot = next_interval_slot(self.anchor, d.interval, after)
+        elif d.clocked is not None:
+            slot = next_clocked_slot(d.clocked, after)
         else:
             slot = None  # solar schedules are not supported by this engine
-        if slot is not None and self.expires is not None and slot > self.expires:
+        if slot is not None and d.expires is not None and slot > d.expires:
             return None
         return slot
 
     def fire_at(self, slot: datetime) -> datetime:
         """When to dispatch ``slot``: the slot plus this entry's stable jitter."""
-        if not self.jitter:
+        jitter = self.definition.jitter
+        if not jitter:
             return slot
         digest = hashlib.blake2b(f"{self.task_id}:{slot.isoformat()}".encode(), digest_size=4).digest()
-        return slot + timedelta(milliseconds=int.from_bytes(digest, "big") % (self.jitter * 1000))
+        return slot + timedelta(milliseconds=int.from_bytes(digest, "big") % (jitter * 1000))
 
 
 @lru_cache(maxsize=4096)
@@ -122,55 +151,84 @@ def job_defaults() -> dict[str, tuple[str, int, int]]:
     }
 
 
-def fetch_rows(task_ids: Iterable[int] | None = None) -> Iterator[tuple]:
-    """Enabled tasks with their schedule and policy columns (see ``ROW_FIELDS``)."""
-    if connection.vendor == "postgresql" and task_ids is None:
-        return _fetch_all_rows_postgresql()
-    queryset = PeriodicTask.objects.filter(enabled=True)
-    if task_ids is not None:
-        queryset = queryset.filter(pk__in=list(task_ids))
-    return queryset.values_list(*ROW_FIELDS).iterator(chunk_size=5000)
-
-
-# The same columns as ROW_FIELDS, for the full load on PostgreSQL. Timestamps
-# come back as integer microseconds since the epoch: parsing 200,000 ISO
-# strings through Django's time-zone-aware loader was a third of a 100,000
-# schedule start.
-_TIMESTAMP_POSITIONS = frozenset(i for i, f in enumerate(ROW_FIELDS) if f in {
-    "start_time", "expires", "clocked__clocked_time", "policy__anchor", "policy__created_at",
-    "policy__last_slot_at"})  # fmt: skip
-_FULL_LOAD_SQL = """
-SELECT t.id, t.name, t.task, t.args, t.kwargs, t.queue, t.one_off,
+# --- Reading rows ----------------------------------------------------------------------
+# PostgreSQL: raw SQL. Timestamps come back as integer microseconds since the
+# epoch (parsing 200,000 timestamps through Django's time-zone-aware loader
+# was a third of a 100,000-schedule start), and the signature is computed by
+# the server, so reconcile reads two columns instead of every column.
+_COLUMNS_SQL = """t.task, t.args, t.kwargs, t.queue, t.one_off,
        (EXTRACT(EPOCH FROM t.start_time) * 1000000)::int8,
        (EXTRACT(EPOCH FROM t.expires) * 1000000)::int8,
        c.minute, c.hour, c.day_of_month, c.month_of_year, c.day_of_week, c.timezone,
        i.every, i.period, (EXTRACT(EPOCH FROM k.clocked_time) * 1000000)::int8,
        p.soft_time_limit, p.hard_time_limit, p.queue, p.catchup, p.overlap, p.starting_deadline,
-       (EXTRACT(EPOCH FROM p.anchor) * 1000000)::int8, p.jitter,
-       (EXTRACT(EPOCH FROM p.created_at) * 1000000)::int8,
-       (EXTRACT(EPOCH FROM p.last_slot_at) * 1000000)::int8
-FROM django_celery_beat_periodictask t
+       p.jitter, (EXTRACT(EPOCH FROM p.anchor) * 1000000)::int8,
+       (EXTRACT(EPOCH FROM p.created_at) * 1000000)::int8"""
+# ROW() renders NULL and '' differently, so the text identifies the columns.
+_SIGNATURE_SQL = f"hashtextextended(ROW({_COLUMNS_SQL})::text, 0)"
+_FROM_SQL = """FROM django_celery_beat_periodictask t
 LEFT JOIN django_celery_beat_crontabschedule c ON c.id = t.crontab_id
 LEFT JOIN django_celery_beat_intervalschedule i ON i.id = t.interval_id
 LEFT JOIN django_celery_beat_clockedschedule k ON k.id = t.clocked_id
 LEFT JOIN scheduler_schedulepolicy p ON p.task_id = t.id
-WHERE t.enabled
-"""
+WHERE t.enabled"""
+_ROWS_SQL = f"""SELECT t.id, {_COLUMNS_SQL},
+       (EXTRACT(EPOCH FROM p.last_slot_at) * 1000000)::int8, {_SIGNATURE_SQL}
+{_FROM_SQL}"""  # noqa: S608 (constant text, no user input)
+_SIGNATURES_SQL = f"SELECT t.id, {_SIGNATURE_SQL} {_FROM_SQL}"  # noqa: S608
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _fetch_all_rows_postgresql() -> Iterator[tuple]:
+def _raw_sql() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def fetch_rows(task_ids: Iterable[int] | None = None) -> Iterator[tuple]:
+    """Enabled tasks: ``ROW_FIELDS`` plus the signature (all of them, or ``task_ids``).
+
+    Timestamps are integer microseconds on PostgreSQL and datetimes
+    elsewhere; ``EntryFactory`` reads both.
+    """
+    if _raw_sql():
+        if task_ids is None:
+            return _stream_postgresql(_ROWS_SQL, [])
+        with connection.cursor() as cursor:
+            cursor.execute(_ROWS_SQL + " AND t.id = ANY(%s)", [list(task_ids)])
+            return iter(cursor.fetchall())
+    queryset = PeriodicTask.objects.filter(enabled=True)
+    if task_ids is not None:
+        queryset = queryset.filter(pk__in=list(task_ids))
+    rows = queryset.values_list(*ROW_FIELDS).iterator(chunk_size=5000)
+    return (_with_python_signature(row) for row in rows)
+
+
+def fetch_signatures() -> Iterator[tuple[int, int]]:
+    """(task id, signature) of every enabled task: what reconcile compares."""
+    if _raw_sql():
+        return _stream_postgresql(_SIGNATURES_SQL, [])
+    return ((row[0], row[SIGNATURE]) for row in fetch_rows())
+
+
+def _with_python_signature(row: tuple) -> tuple:
+    tz = ROW_FIELDS.index("crontab__timezone")
+    # The zone is a ZoneInfo here: hash its name.
+    signed = (*row[1:tz], str(row[tz]) if row[tz] is not None else None, *row[tz + 1 : LAST_SLOT])
+    return (*row, hash(signed))
+
+
+def _stream_postgresql(sql: str, params: list) -> Iterator[tuple]:
     with transaction.atomic(), connection.cursor() as wrapper:
         # A server-side cursor streams the rows instead of holding all of them.
-        with wrapper.connection.cursor(name="beat_full_load") as cursor:
+        with wrapper.connection.cursor(name="beat_rows") as cursor:
             cursor.itersize = 5000
-            cursor.execute(_FULL_LOAD_SQL)
-            for raw in cursor:
-                row = list(raw)
-                for i in _TIMESTAMP_POSITIONS:
-                    if row[i] is not None:
-                        row[i] = _EPOCH + timedelta(microseconds=row[i])
-                yield tuple(row)
+            cursor.execute(sql, params)
+            yield from cursor
+
+
+def _from_epoch(value: int | datetime | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return _EPOCH + timedelta(microseconds=value)
 
 
 def ensure_policies(now: datetime | None = None, task_ids: Iterable[int] | None = None) -> int:
@@ -187,42 +245,63 @@ def ensure_policies(now: datetime | None = None, task_ids: Iterable[int] | None 
     return len(rows)
 
 
+class EntryFactory:
+    """Builds entries from ``fetch_rows`` rows, sharing identical definitions.
+
+    A row whose definition columns were seen before costs a dictionary
+    lookup on a slice of the row; only a new combination builds a
+    ``Definition``. ``defaults`` are the catalog's (queue, soft, hard) per job,
+    used where the schedule's policy leaves them unset.
+    """
+
+    def __init__(self, defaults: dict[str, tuple[str, int, int]]) -> None:
+        self.defaults = defaults
+        self.definitions: dict[tuple, Definition] = {}
+
+    def build(self, row: tuple) -> tuple[Entry, datetime]:
+        """The entry of ``row`` and the time its schedule resumes after at a full load."""
+        key = row[DEFINITION_COLUMNS]
+        definition = self.definitions.get(key)
+        if definition is None:
+            definition = self.definitions[key] = self._definition(key)
+        start_time = definition.not_before
+        created = _from_epoch(row[CREATED]) or start_time or timezone.now()
+        last_slot = _from_epoch(row[LAST_SLOT])
+        entry = Entry(task_id=row[0], definition=definition, signature=row[SIGNATURE], last_slot=last_slot)
+        if definition.interval is not None:
+            entry.anchor = (start_time or _from_epoch(row[ANCHOR]) or created).replace(microsecond=0)
+        return entry, last_slot or created
+
+    def _definition(self, key: tuple) -> Definition:
+        (job, args, kwargs, queue, one_off, start_time, expires, c_minute, c_hour, c_dom, c_month,
+         c_dow, c_tz, i_every, i_period, clocked_time, p_soft, p_hard, p_queue, p_catchup,
+         p_overlap, p_deadline, p_jitter) = key  # fmt: skip
+        d_queue, d_soft, d_hard = self.defaults.get(job, ("", None, None))
+        return Definition(
+            # Interned: many definitions share these strings.
+            job=sys.intern(job),
+            args_json=sys.intern(args or "[]"),
+            kwargs_json=sys.intern(kwargs or "{}"),
+            queue=sys.intern(p_queue or queue or d_queue or "default"),
+            soft_time_limit=p_soft or d_soft,
+            hard_time_limit=p_hard or d_hard,
+            starting_deadline=seconds(p_deadline or settings.JOB_DEFAULT_STARTING_DEADLINE),
+            catchup=p_catchup or CatchUp.LATEST,
+            overlap=p_overlap or Overlap.ALLOW,
+            jitter=p_jitter or 0,
+            cron=(
+                cron_spec(f"{c_minute} {c_hour} {c_dom} {c_month} {c_dow}", str(c_tz or "UTC"))
+                if c_minute is not None
+                else None
+            ),
+            interval=interval_of(i_every, i_period) if c_minute is None and i_every is not None else None,
+            clocked=_from_epoch(clocked_time) if c_minute is None and i_every is None else None,
+            not_before=_from_epoch(start_time),
+            expires=_from_epoch(expires),
+            one_off=bool(one_off),
+        )
+
+
 def entry_from_row(row: tuple, defaults: dict[str, tuple[str, int, int]]) -> Entry:
-    (pk, name, job, args, kwargs, queue, one_off, start_time, expires,
-     c_minute, c_hour, c_dom, c_month, c_dow, c_tz, i_every, i_period, clocked_time,
-     p_soft, p_hard, p_queue, p_catchup, p_overlap, p_deadline, p_anchor, p_jitter,
-     p_created, p_last) = row  # fmt: skip
-    d_queue, d_soft, d_hard = defaults.get(job, ("", None, None))
-    created = p_created or start_time or timezone.now()
-    entry = Entry(
-        task_id=pk,
-        name=name,
-        # Interned: 100,000 entries share a handful of these strings.
-        job=sys.intern(job),
-        args_json=sys.intern(args or "[]"),
-        kwargs_json=sys.intern(kwargs or "{}"),
-        queue=sys.intern(p_queue or queue or d_queue or "default"),
-        soft_time_limit=p_soft or d_soft,
-        hard_time_limit=p_hard or d_hard,
-        starting_deadline=seconds(p_deadline or settings.JOB_DEFAULT_STARTING_DEADLINE),
-        catchup=p_catchup or CatchUp.LATEST,
-        overlap=p_overlap or Overlap.ALLOW,
-        jitter=p_jitter or 0,
-        created_at=created,
-        # The zone may be a ZoneInfo (ORM) or its name (raw SQL): hash the name.
-        signature=hash(
-            (*row[:_TZ], str(c_tz) if c_tz is not None else None, *row[_TZ + 1 : SIGNATURE_LENGTH])
-        ),
-        not_before=start_time,
-        expires=expires,
-        one_off=one_off,
-        last_slot=p_last,
-    )
-    if c_minute is not None:
-        entry.cron = cron_spec(f"{c_minute} {c_hour} {c_dom} {c_month} {c_dow}", str(c_tz or "UTC"))
-    elif i_every is not None:
-        entry.interval = interval_of(i_every, i_period)
-        entry.anchor = (start_time or p_anchor or created).replace(microsecond=0)
-    elif clocked_time is not None:
-        entry.clocked = clocked_time
-    return entry
+    """One entry from one ``fetch_rows`` row (no sharing: for single rows and tests)."""
+    return EntryFactory(defaults).build(row)[0]
