@@ -6,6 +6,11 @@
 - Every write to a task, its policy, or the crontab/interval/clocked row it
   uses appends to the change log that beat tails (``scheduler.changes``); an
   edit of one crontab shared by many tasks records each of them.
+
+A task save that changes no field defining its schedule (django-celery-beat's
+scheduler storing ``last_run_at`` / ``total_run_count`` after a dispatch) is
+neither validated nor recorded: see ``validate_periodic_task_save``. Legacy
+rows without a policy get theirs from beat's ``ensure_policies``.
 """
 
 from __future__ import annotations
@@ -16,15 +21,21 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 
 from scheduler.changes import record_changes
 from scheduler.models import SchedulePolicy, validate_time_limits
-from scheduler.validation import validate_crontab, validate_periodic_task
+from scheduler.validation import validate_crontab, validate_periodic_task_save
 
 SCHEDULE_FIELDS = {CrontabSchedule: "crontab", IntervalSchedule: "interval", ClockedSchedule: "clocked"}
 
+# Set on the instance by pre_save, read (and removed) by post_save of the same save.
+_CHANGES_SCHEDULE = "_scheduler_save_changes_schedule"
+
 
 @receiver(pre_save, sender=PeriodicTask, dispatch_uid="scheduler.validate_task")
-def _validate_task(sender, instance: PeriodicTask, raw: bool = False, **kwargs) -> None:
+def _validate_task(
+    sender, instance: PeriodicTask, raw: bool = False, update_fields=None, using=None, **kwargs
+) -> None:
     if not raw:
-        validate_periodic_task(instance)
+        # Decided here, before the row is overwritten: post_save can no longer compare.
+        setattr(instance, _CHANGES_SCHEDULE, validate_periodic_task_save(instance, update_fields, using))
 
 
 @receiver(pre_save, sender=CrontabSchedule, dispatch_uid="scheduler.validate_crontab")
@@ -41,7 +52,10 @@ def _validate_policy(sender, instance: SchedulePolicy, raw: bool = False, **kwar
 
 @receiver(post_save, sender=PeriodicTask, dispatch_uid="scheduler.task_saved")
 def _task_saved(sender, instance: PeriodicTask, raw: bool = False, **kwargs) -> None:
-    if raw:
+    # Popped so it cannot leak into a later save. Absent only when post_save is
+    # sent without our pre_save; recording a change then is the safe choice.
+    changes_schedule = instance.__dict__.pop(_CHANGES_SCHEDULE, True)
+    if raw or not changes_schedule:
         return
     SchedulePolicy.objects.get_or_create(
         task=instance, defaults={"anchor": instance.start_time or instance.date_changed}
