@@ -2,7 +2,7 @@
 
 Everything talks to 127.0.0.1 only: PostgreSQL on 5432 (user ``postgres``,
 trust auth) and Redis on 6379, database number ``REDIS_DB`` (flushed by the
-bench, never another one).
+bench; the takeover run uses ``TAKEOVER_REDIS_DB`` instead, never another one).
 """
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ PG_PORT = 5432
 PG_USER = "postgres"
 SEED_DB = "bench_beat_seed"  # migrated and seeded once per size, used as a template
 RUN_DB = "bench_beat"  # a fresh copy of the seed for every measured process
+TAKEOVER_DB = "bench_takeover"  # the takeover run's own database (it may run beside the main bench)
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 REDIS_DB = 9
+TAKEOVER_REDIS_DB = 10  # the takeover run's broker database, apart from the main bench's
 BURST_QUEUE = "bench_burst"
 IDLE_QUEUE = "bench_idle"
 LATENESS_QUEUE = "bench_lateness"
 LATENESS_LIST = "bench:lateness:starts"
+TAKEOVER_QUEUE = "bench_takeover"
 
 # Interval schedules of the burst fire every day; the rest use these periods.
 BURST_EVERY = (1, "days")
@@ -39,17 +42,17 @@ def database_url(name: str) -> str:
     return f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
 
 
-def redis_url() -> str:
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+def redis_url(db: int = REDIS_DB) -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
 
 
-def bench_env(db_name: str) -> dict[str, str]:
+def bench_env(db_name: str, redis_db: int = REDIS_DB) -> dict[str, str]:
     """Environment for a Django process of the bench: its database, broker, quiet logs."""
     env = {k: v for k, v in os.environ.items() if k not in {"SENTRY_DSN", "BROKER_URL", "DEBUG"}}
     env.update(
         DJANGO_SETTINGS_MODULE="settings",
         DATABASE_URL=database_url(db_name),
-        REDIS_URL=redis_url(),
+        REDIS_URL=redis_url(redis_db),
         LOG_LEVEL="WARNING",
         PYTHONPATH=str(REPO),
         PYTHONDONTWRITEBYTECODE="1",
@@ -57,8 +60,8 @@ def bench_env(db_name: str) -> dict[str, str]:
     return env
 
 
-def setup_django(db_name: str) -> None:
-    os.environ.update(bench_env(db_name))
+def setup_django(db_name: str, redis_db: int = REDIS_DB) -> None:
+    os.environ.update(bench_env(db_name, redis_db))
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     import django
@@ -68,9 +71,14 @@ def setup_django(db_name: str) -> None:
 
 def admin_connection():
     """An autocommit connection to the ``postgres`` maintenance database."""
+    return db_connection("postgres")
+
+
+def db_connection(name: str):
+    """An autocommit connection to database ``name``."""
     import psycopg
 
-    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True)
+    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=name, autocommit=True)
 
 
 def drop_database(name: str) -> None:
@@ -87,16 +95,17 @@ def create_database(name: str, template: str | None = None) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def redis_client():
+def redis_client(db: int = REDIS_DB):
     import redis
 
-    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB, socket_timeout=10)
+    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=10)
 
 
-def flush_bench_redis() -> None:
-    """FLUSHDB on the bench's own Redis database number only."""
-    client = redis_client()
-    assert client.connection_pool.connection_kwargs["db"] == REDIS_DB
+def flush_bench_redis(db: int = REDIS_DB) -> None:
+    """FLUSHDB on one of the bench's own Redis database numbers only."""
+    assert db in (REDIS_DB, TAKEOVER_REDIS_DB)
+    client = redis_client(db)
+    assert client.connection_pool.connection_kwargs["db"] == db
     client.flushdb()
 
 

@@ -3,13 +3,17 @@
     .venv/bin/python bench/run.py --sizes 1000,10000,100000      # ~15 min; prints and writes bench/results.md
     .venv/bin/python bench/run.py --sizes 1000 --repeats 1        # a quick look
     .venv/bin/python bench/run.py --lateness-only                 # end-to-end lateness, real worker (~13 min)
+    .venv/bin/python bench/run.py --takeover-only                 # leader failover, real beats (~3 min)
 
 For every size it seeds a PostgreSQL database (``bench_beat_seed``, created and
 dropped here) with half crontab, half interval schedules, then measures each
 scheduler in its own fresh subprocess (``bench/measure.py``) on a fresh copy of
 that database (``CREATE DATABASE … TEMPLATE``), publishing to Redis database
-``REDIS_DB`` (flushed; no other database is touched). See bench/README.md for
-what each row measures.
+``REDIS_DB`` (flushed; no other database is touched). The leader failover
+section (``bench/takeover.py``, after the lateness section; the only section
+with ``--takeover-only``) uses its own database ``bench_takeover`` and Redis
+database ``TAKEOVER_REDIS_DB``, so it can run beside the main bench. See
+bench/README.md for what each row measures.
 """
 
 from __future__ import annotations
@@ -164,8 +168,10 @@ def aggregate(runs: dict[str, list[dict]]) -> dict[str, dict]:
         a["idle_p90_ms"] = med([r["idle_tick_ms"].get("p90") for r in full])
         a["idle_n"] = sum(r["idle_tick_ms"]["n"] for r in full)
         if engine == "ours":
-            a["idle_poll_ms"] = med([r["idle_tick_with_poll_ms"].get("median") for r in full])
+            # The mean, not the median: it carries the fallback poll every 5 s.
+            a["idle_poll_ms"] = med([r["idle_tick_with_poll_ms"].get("mean") for r in full])
             a["idle_poll_p90_ms"] = med([r["idle_tick_with_poll_ms"].get("p90") for r in full])
+            a["fallback_poll_ms"] = med([r["fallback_poll_tick_ms"].get("median") for r in full])
             direct = [d for r in full for d in r.get("edit_apply_direct", [])]
             a["edit_direct_wall_ms"] = med([d["apply_wall_ms"] for d in direct])
             a["edit_direct_cpu_ms"] = med([d["apply_cpu_ms"] for d in direct])
@@ -224,8 +230,17 @@ def table(results: dict[int, dict], env: list[str], seeds: dict[int, dict], burs
             lines.append(f"| {n_s} | {name} | {fmt(ov, digits)} | {fmt(tv, digits)} | {ratio(tv, ov)} |")
 
         row("1. start to first tick (s)", o["start_s"], t["start_s"])
-        row("2a. idle tick, heap only (ms)", o["idle_ms"], t["idle_ms"])
-        row("2b. idle tick incl. change check (ms)", o["idle_poll_ms"], t["idle_poll_ms"])
+        row("2a. idle tick, heap + change notification check (ms)", o["idle_ms"], t["idle_ms"])
+        row(
+            "2b. idle tick incl. change check, mean of the real loop (ms)",
+            o["idle_poll_ms"],
+            t["idle_poll_ms"],
+        )
+        row(
+            "↳ ours: the tick that reads the change log (fallback, every 5 s) (ms)",
+            o["fallback_poll_ms"],
+            None,
+        )
         row("3a. one edit → visible, wall (s)", o["edit_visible_s"], t["edit_visible_s"])
         row(
             "3b. one edit: scheduler tick applying it, wall (ms)",
@@ -269,7 +284,7 @@ def table(results: dict[int, dict], env: list[str], seeds: dict[int, dict], burs
         )
         notes.append(
             f"  ours: start CPU {fmt(o['start_cpu_s'])} s; idle tick p90 {fmt(o['idle_p90_ms'])} ms, "
-            "with poll p90 "
+            "real idle loop p90 "
             f"{fmt(o['idle_poll_p90_ms'])} ms; edit visible max {fmt(o['edit_visible_max_s'])} s; "
             f"apply_changes() right after a save: {fmt(o['edit_direct_wall_ms'])} ms wall, "
             f"{fmt(o['edit_direct_cpu_ms'])} ms CPU; burst preparation (apply_changes of {burst:,} "
@@ -293,8 +308,13 @@ def table(results: dict[int, dict], env: list[str], seeds: dict[int, dict], burs
 
 TARGETS = [
     ("start ≤ 2 s", "start_s", lambda v: v <= 2.0, False),
-    ("idle tick ≤ 0.3 ms (heap only)", "idle_ms", lambda v: v <= 0.3, False),
-    ("idle tick ≤ 0.3 ms (incl. change-log poll)", "idle_poll_ms", lambda v: v <= 0.3, False),
+    ("idle tick ≤ 0.3 ms (heap + notification check)", "idle_ms", lambda v: v <= 0.3, False),
+    (
+        "idle tick ≤ 0.3 ms (mean of the real loop, change checks included)",
+        "idle_poll_ms",
+        lambda v: v <= 0.3,
+        False,
+    ),
     ("edit visible ≤ 1 s (slowest edit)", "edit_visible_max_s", lambda v: v <= 1.0, False),
     ("edit costs ≤ 20 ms (wall of the applying tick)", "edit_tick_wall_ms", lambda v: v <= 20.0, False),
     ("burst of 10,000 within 2 s", "burst_s", lambda v: v <= 2.0, True),
@@ -323,6 +343,33 @@ def targets(results: dict[int, dict]) -> str:
                 verdict = "yes" if value is not None and ok(value) else "NO"
             lines.append(f"| {n:,} | {name} | {fmt(value)} | {verdict} |")
     return "\n".join(lines) + "\n"
+
+
+def with_section(markdown: str, heading: str, section: str) -> str:
+    """``markdown`` with its ``## {heading}`` section replaced by ``section``, or with it appended."""
+    start = markdown.find(f"\n## {heading}")
+    if start < 0:
+        return markdown + section if markdown else section.lstrip("\n")
+    end = markdown.find("\n## ", start + 1)
+    return markdown[:start] + section + (markdown[end:] if end >= 0 else "")
+
+
+def report_so_far(path: str, env: list[str]) -> str:
+    """The report at ``path`` (a section-only run updates it), or a header with the environment."""
+    if Path(path).exists():
+        return Path(path).read_text()
+    return "\n".join(["# Beat benchmark", "", *[f"- {line}" for line in env]]) + "\n"
+
+
+def run_takeover_only(args, env: list[str], log) -> None:
+    """Only the leader failover section: touches neither the main bench's databases nor its Redis db."""
+    import takeover
+
+    section = takeover.run(args.takeover_schedules, args.takeover_kills, log, keep_db=args.keep_db)
+    markdown = with_section(report_so_far(args.out, env), takeover.HEADING, section)
+    print(markdown)
+    Path(args.out).write_text(markdown)
+    log(f"wrote {args.out}")
 
 
 # --------------------------------------------------------------------------------------
@@ -355,7 +402,14 @@ def main() -> None:
     parser.add_argument("--lateness-only", action="store_true", help="only the end-to-end lateness test")
     parser.add_argument("--lateness-schedules", type=int, default=1000)
     parser.add_argument("--lateness-minutes", type=int, default=5)
+    parser.add_argument(
+        "--takeover-only", action="store_true", help="only the leader failover test (real beats, ~3 min)"
+    )
+    parser.add_argument("--takeover-schedules", type=int, default=1000)
+    parser.add_argument("--takeover-kills", type=int, default=5, help="leader kills per lease")
     args = parser.parse_args()
+    if args.takeover_only and (args.lateness or args.lateness_only):
+        parser.error("--takeover-only runs the takeover section alone")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     began = time.monotonic()
 
@@ -365,6 +419,9 @@ def main() -> None:
     env = environment()
     for line in env:
         log(line)
+    if args.takeover_only:
+        run_takeover_only(args, env, log)
+        return
     create_database(SEED_DB)
     migrate = subprocess.run(
         [PYTHON, "manage.py", "migrate", "-v0"],
@@ -436,9 +493,14 @@ def main() -> None:
 
             log("end-to-end lateness with a real worker")
             section = lateness.run(args.lateness_schedules, args.lateness_minutes, log)
-            if args.lateness_only and Path(args.out).exists():
-                markdown = Path(args.out).read_text().split("\n## End-to-end lateness")[0].rstrip() + "\n"
-            markdown += section
+            if args.lateness_only:
+                markdown = with_section(report_so_far(args.out, env), "End-to-end lateness", section)
+            else:
+                markdown += section
+        if not args.lateness_only:
+            import takeover
+
+            markdown += takeover.run(args.takeover_schedules, args.takeover_kills, log, keep_db=args.keep_db)
     finally:
         from django.db import connections
 

@@ -277,3 +277,40 @@ def seed_lateness(n: int, queue: str) -> None:
             batch_size=5000,
         )
         SchedulePolicy.objects.bulk_create([SchedulePolicy(task_id=t.pk, anchor=now) for t in tasks])
+
+
+def seed_every(n: int, seconds: int, queue: str) -> None:
+    """``n`` heartbeat schedules every ``seconds`` s on ``queue``, for the takeover run.
+
+    Slots lie on the epoch grid (anchor = now floored to ``seconds``), so a
+    slot is on time iff its epoch is a multiple of ``seconds``.
+    """
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    from jobs.catalog import publish_catalog
+    from scheduler.models import SchedulePolicy
+
+    truncate_all()
+    publish_catalog(worker="bench")
+    now = datetime.now(UTC)
+    anchor = datetime.fromtimestamp(now.timestamp() // seconds * seconds, UTC)
+    with transaction.atomic():
+        every = IntervalSchedule.objects.create(every=seconds, period=IntervalSchedule.SECONDS)
+        tasks = PeriodicTask.objects.bulk_create(
+            [
+                PeriodicTask(
+                    name=f"bench-every-{i}",
+                    task="heartbeat",
+                    interval=every,
+                    queue=queue,
+                    last_run_at=now,
+                    enabled=True,
+                )
+                for i in range(n)
+            ],
+            batch_size=5000,
+        )
+        SchedulePolicy.objects.bulk_create(
+            [SchedulePolicy(task_id=t.pk, anchor=anchor, queue=queue) for t in tasks], batch_size=5000
+        )
+    register_live_worker([queue], ["heartbeat"])
