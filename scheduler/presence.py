@@ -71,19 +71,18 @@ def flag_unserved(entries, now=None) -> int:
     an edit of the schedule.
     """
     served = served_pairs(now)
-    wanted: dict[int, str] = {
-        e.task_id: (
-            ""
-            if (e.definition.queue, e.definition.job) in served
-            else unserved_problem(e.definition.queue, e.definition.job)
-        )
-        for e in entries
-    }
+    problems: dict[tuple[str, str], str] = {}  # per (queue, job), not per schedule: memory
     current = dict(SchedulePolicy.objects.exclude(problem="").values_list("task_id", "problem"))
     changes: dict[str, list[int]] = defaultdict(list)
-    for task_id, problem in wanted.items():
-        if current.get(task_id, "") != problem:
-            changes[problem].append(task_id)
+    flagged = 0
+    for entry in entries:
+        pair = (entry.definition.queue, entry.definition.job)
+        problem = problems.get(pair)
+        if problem is None:
+            problem = problems[pair] = "" if pair in served else unserved_problem(*pair)
+        flagged += bool(problem)
+        if current.get(entry.task_id, "") != problem:
+            changes[problem].append(entry.task_id)
     for problem, task_ids in changes.items():
         for chunk in chunks(task_ids):
             SchedulePolicy.objects.filter(task_id__in=chunk).update(problem=problem)
@@ -92,4 +91,4 @@ def flag_unserved(entries, now=None) -> int:
         # One line, not one per schedule: 5,000 schedules on a dead queue are one problem.
         example = next(problem for problem in changes if problem)
         logger.warning("%d schedules newly flagged, e.g. %s", newly_flagged, example)
-    return sum(1 for p in wanted.values() if p)
+    return flagged

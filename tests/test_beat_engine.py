@@ -239,7 +239,7 @@ def test_jitter_delays_dispatch_but_keeps_the_slot(engine):
     task = make_task("hb", interval=every(60))
     SchedulePolicy.objects.filter(task=task).update(jitter=30)
     engine.load(now=T0)
-    fire_at = engine.heap[0][0]
+    fire_at = engine.heap[0].due_at
     slot = T0 + timedelta(seconds=60)
 
     assert slot <= fire_at < slot + timedelta(seconds=30)
@@ -264,3 +264,22 @@ def test_the_fast_full_load_and_the_per_task_load_agree(engine):
             full[task.pk].anchor,
             full[task.pk].definition,
         )
+
+
+def test_edited_entries_do_not_pile_up_in_the_heap(engine):
+    """Lazy deletion is bounded: dead copies are dropped once they are a quarter of the heap."""
+    tasks = [make_task(f"daily{i}", interval=every(86400)) for i in range(40)]
+    engine.load(now=T0)
+    engine.retired_in_heap = 0
+
+    for round_ in range(3):
+        update_schedules(PeriodicTask.objects.filter(pk__in=[t.pk for t in tasks]), description=f"r{round_}")
+        engine.apply_changes(now=T0)
+        # Each round retires 40 entries; below the threshold they wait in the heap.
+        assert engine.retired_in_heap == 40 * (round_ + 1)
+    engine.retired_in_heap += 1000  # as if many more edits had happened
+    engine._compact_heap()
+
+    assert engine.retired_in_heap == 0
+    assert sorted(e.task_id for e in engine.heap) == sorted(t.pk for t in tasks)
+    assert all(not e.retired for e in engine.heap)

@@ -14,16 +14,16 @@ in the claim transaction), never after an in-memory time, so a restarted
 beat fires no slot twice. Slots that passed while no beat ran are handled by
 the schedule's catch-up policy (``plan_due_slots``) and recorded.
 
-The heap holds (fire_at, seq, entry); the slot is ``entry.pending``. An
-entry replaced by an edit or removed is marked ``retired`` and its heap item
-is dropped when popped (lazy deletion: an edit costs O(log N), not O(N)).
+The heap holds the entries themselves, ordered by ``entry.due_at`` (the
+pending slot plus jitter). An entry replaced by an edit or removed is marked
+``retired`` and dropped when popped (lazy deletion: an edit costs O(log N),
+not O(N)).
 """
 
 from __future__ import annotations
 
 import gc
 import heapq
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -57,7 +57,7 @@ MAX_CATCHUP_SLOTS = 100
 # How often beat compares schedules with what live workers serve.
 PRESENCE_CHECK_SECONDS = 60.0
 # Slots claimed per transaction (see BeatEngine.dispatch).
-CLAIM_BATCH = 5000
+CLAIM_BATCH = 2000
 # catchup=none still runs a slot this late (a tick is never exactly on time).
 ON_TIME_GRACE = timedelta(seconds=60)
 
@@ -106,11 +106,11 @@ class BeatEngine:
         self.fallback_poll_interval = fallback_poll_interval
         self.reconcile_interval = reconcile_interval
         self.entries: dict[int, Entry] = {}
-        self.heap: list[tuple[datetime, int, Entry]] = []
+        self.heap: list[Entry] = []
+        self.retired_in_heap = 0
         self.feed = ChangeFeed()
         self.listener = ChangeListener()
         self.factory = EntryFactory({})
-        self._seq = itertools.count()  # heap tie-breaker: entries themselves do not compare
         self.next_poll = 0.0
         self.next_reconcile = 0.0
         self.next_presence_check = 0.0
@@ -127,6 +127,7 @@ class BeatEngine:
         self.factory = EntryFactory(job_defaults())
         self.entries.clear()
         self.heap.clear()
+        self.retired_in_heap = 0
         # Building 100,000 long-lived entries triggers many useless collections
         # (a tenth of the load); collect once at the end instead.
         gc.disable()
@@ -173,19 +174,32 @@ class BeatEngine:
         slot = entry.next_slot(after)
         if slot is None:
             return
-        entry.pending = slot
-        item = (entry.fire_at(slot), next(self._seq), entry)
+        entry.wait_for(slot)
         if self.loaded:
-            heapq.heappush(self.heap, item)
+            heapq.heappush(self.heap, entry)
         else:
-            self.heap.append(item)
+            self.heap.append(entry)
 
     def _remove(self, task_id: int) -> Entry | None:
-        """Forget ``task_id``'s entry; its heap item is skipped when popped."""
+        """Forget ``task_id``'s entry; it is skipped when it comes off the heap."""
         entry = self.entries.pop(task_id, None)
         if entry is not None:
             entry.retired = True
+            if entry.pending is not None:  # it is in the heap
+                self.retired_in_heap += 1
         return entry
+
+    def _compact_heap(self) -> None:
+        """Drop retired entries from the heap once they are a quarter of it.
+
+        Lazy deletion alone would keep an edited far-future entry until its
+        old slot came round: hourly bulk edits of daily schedules would hold
+        a day of dead copies. O(N), at most once per N/4 retirements.
+        """
+        if self.retired_in_heap > max(1000, len(self.heap) // 4):
+            self.heap = [entry for entry in self.heap if not entry.retired]
+            heapq.heapify(self.heap)
+            self.retired_in_heap = 0
 
     def apply_changes(self, now: datetime | None = None) -> int:
         """Rebuild the entries named by the change log; return how many changed."""
@@ -199,12 +213,14 @@ class BeatEngine:
         """Re-read ``task_ids`` from the database; drop those no longer enabled."""
         self.factory.defaults = job_defaults()
         ensure_policies(now, task_ids)
-        rows = {row[0]: row for row in fetch_rows(task_ids)}
-        for task_id in task_ids:
-            previous = self._remove(task_id)
-            row = rows.get(task_id)
-            if row is not None:
-                self._install(self.factory.build(row)[0], now, previous=previous)
+        found: set[int] = set()
+        for row in fetch_rows(task_ids):  # streamed: 10,000 rows at once were 10 MB of peak
+            found.add(row[0])
+            previous = self._remove(row[0])
+            self._install(self.factory.build(row)[0], now, previous=previous)
+        for task_id in task_ids - found:
+            self._remove(task_id)
+        self._compact_heap()
 
     def reconcile(self, now: datetime | None = None) -> int:
         """Compare every row's signature with its entry; rebuild what differs (raw SQL edits).
@@ -215,19 +231,30 @@ class BeatEngine:
         freed instead of accumulating over months of edits.
         """
         now = now or timezone.now()
-        seen: set[int] = set()
-        differ: set[int] = set()
+        # A merge of two id-ordered walks, not sets of 100,000 ids: this runs
+        # beside a full heap, and its peak is beat's peak memory.
+        ours = iter(sorted(self.entries))
+        differ: list[int] = []
+        gone: list[int] = []
+        mine = next(ours, None)
         for task_id, signature in fetch_signatures():
-            seen.add(task_id)
+            while mine is not None and mine < task_id:
+                gone.append(mine)
+                mine = next(ours, None)
+            if mine == task_id:
+                mine = next(ours, None)
             current = self.entries.get(task_id)
             if current is None or current.signature != signature:
-                differ.add(task_id)
-        gone = set(self.entries) - seen
+                differ.append(task_id)
+        while mine is not None:
+            gone.append(mine)
+            mine = next(ours, None)
         for task_id in gone:
             self._remove(task_id)
+        self._compact_heap()
         self.factory = EntryFactory(job_defaults())
         if differ:
-            self._rebuild(differ, now)
+            self._rebuild(set(differ), now)
         self.feed.prune()
         rebuilt = len(differ) + len(gone)
         if rebuilt:
@@ -239,9 +266,10 @@ class BeatEngine:
         """Pop every due entry; plan its due slots; push its next slot."""
         planned: list[PlannedSlot] = []
         heap = self.heap
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)[2]
+        while heap and heap[0].due_at <= now:
+            entry = heapq.heappop(heap)
             if entry.retired:
+                self.retired_in_heap -= 1
                 continue  # edited or deleted since this item was pushed
             slot = entry.pending
             slots = [slot]
@@ -262,8 +290,8 @@ class BeatEngine:
             entry.last_slot = slots[-1]
             entry.pending = None
             if following is not None and not entry.definition.one_off:
-                entry.pending = following
-                heapq.heappush(heap, (entry.fire_at(following), next(self._seq), entry))
+                entry.wait_for(following)
+                heapq.heappush(heap, entry)
         return planned
 
     def tick(self, now: datetime | None = None) -> float:
@@ -283,7 +311,7 @@ class BeatEngine:
         if self.outbox_dirty:
             self.flush_outbox()
         now = now or timezone.now()
-        if self.heap and self.heap[0][0] <= now:
+        if self.heap and self.heap[0].due_at <= now:
             self.dispatch(self.collect_due(now), now)
         return self.seconds_until_next(timezone.now())
 
@@ -337,7 +365,7 @@ class BeatEngine:
     def seconds_until_next(self, now: datetime) -> float:
         wait = self.max_sleep
         if self.heap:
-            wait = min(wait, (self.heap[0][0] - now).total_seconds())
+            wait = min(wait, (self.heap[0].due_at - now).total_seconds())
         # Wake every poll_interval even when listening: checking costs microseconds
         # and bounds how long a committed edit waits for beat to notice it.
         wait = min(wait, self.poll_interval, max(0.0, self.next_poll - time.monotonic()))
@@ -382,7 +410,7 @@ class BeatEngine:
 
     def next_due(self, count: int = 10) -> list[tuple[datetime, Entry]]:
         upcoming = []
-        for _, _, entry in heapq.nsmallest(count * 3, self.heap):
+        for entry in heapq.nsmallest(count * 3, self.heap):
             if not entry.retired and entry.pending is not None:
                 upcoming.append((entry.pending, entry))
         return upcoming[:count]

@@ -16,12 +16,12 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from jobs.models import JobDefinition
-from scheduler.beat.slots import CronSpec, next_clocked_slot, next_cron_slot, next_interval_slot
+from scheduler.beat.slots import CronSpec, next_clocked_slot, next_interval_slot, shared_next_cron_slot
 from scheduler.models import CatchUp, Overlap, SchedulePolicy
 
 INTERVAL_UNITS = {
@@ -87,8 +87,12 @@ class Entry:
     Deliberately small (100,000 of them live in beat): the schedule's name
     stays in the database (the claim copies it into the run there), and
     everything identical across schedules lives in the shared ``definition``.
-    ``retired`` marks an entry replaced by an edit or removed; its heap item
-    is dropped when popped.
+    ``retired`` marks an entry replaced by an edit or removed; the engine
+    drops it when it comes off the heap.
+
+    Entries are the heap's items themselves (no wrapping tuple: 100,000
+    tuples and tie-breaker ints are ~10 MB), ordered by ``due_at`` and then
+    ``task_id``. ``due_at`` must not change while the entry is in the heap.
     """
 
     task_id: int
@@ -97,7 +101,18 @@ class Entry:
     anchor: datetime | None = None  # intervals only
     last_slot: datetime | None = None
     pending: datetime | None = None  # the slot this entry waits for in the heap
+    due_at: datetime | None = None  # when to dispatch ``pending``: the slot plus jitter
     retired: bool = False
+
+    def __lt__(self, other: Entry) -> bool:
+        if self.due_at == other.due_at:
+            return self.task_id < other.task_id
+        return self.due_at < other.due_at
+
+    def wait_for(self, slot: datetime) -> None:
+        """Make ``slot`` the pending one (call only while out of the heap)."""
+        self.pending = slot
+        self.due_at = self.dispatch_time(slot)
 
     def next_slot(self, after: datetime) -> datetime | None:
         """The first slot strictly after ``after``, within start_time/expires."""
@@ -105,7 +120,7 @@ class Entry:
         if d.not_before is not None and after < d.not_before:
             after = d.not_before - timedelta(microseconds=1)
         if d.cron is not None:
-            slot = next_cron_slot(d.cron, after)
+            slot = shared_next_cron_slot(d.cron, after)
         elif d.interval is not None and self.anchor is not None:
             slot = next_interval_slot(self.anchor, d.interval, after)
         elif d.clocked is not None:
@@ -116,7 +131,7 @@ class Entry:
             return None
         return slot
 
-    def fire_at(self, slot: datetime) -> datetime:
+    def dispatch_time(self, slot: datetime) -> datetime:
         """When to dispatch ``slot``: the slot plus this entry's stable jitter."""
         jitter = self.definition.jitter
         if not jitter:
@@ -175,7 +190,7 @@ WHERE t.enabled"""
 _ROWS_SQL = f"""SELECT t.id, {_COLUMNS_SQL},
        (EXTRACT(EPOCH FROM p.last_slot_at) * 1000000)::int8, {_SIGNATURE_SQL}
 {_FROM_SQL}"""  # noqa: S608 (constant text, no user input)
-_SIGNATURES_SQL = f"SELECT t.id, {_SIGNATURE_SQL} {_FROM_SQL}"  # noqa: S608
+_SIGNATURES_SQL = f"SELECT t.id, {_SIGNATURE_SQL} {_FROM_SQL} ORDER BY t.id"  # noqa: S608
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -192,9 +207,7 @@ def fetch_rows(task_ids: Iterable[int] | None = None) -> Iterator[tuple]:
     if _raw_sql():
         if task_ids is None:
             return _stream_postgresql(_ROWS_SQL, [])
-        with connection.cursor() as cursor:
-            cursor.execute(_ROWS_SQL + " AND t.id = ANY(%s)", [list(task_ids)])
-            return iter(cursor.fetchall())
+        return _stream_postgresql(_ROWS_SQL + " AND t.id = ANY(%s)", [list(task_ids)])
     queryset = PeriodicTask.objects.filter(enabled=True)
     if task_ids is not None:
         queryset = queryset.filter(pk__in=list(task_ids))
@@ -203,10 +216,10 @@ def fetch_rows(task_ids: Iterable[int] | None = None) -> Iterator[tuple]:
 
 
 def fetch_signatures() -> Iterator[tuple[int, int]]:
-    """(task id, signature) of every enabled task: what reconcile compares."""
+    """(task id, signature) of every enabled task, by ascending id: what reconcile compares."""
     if _raw_sql():
         return _stream_postgresql(_SIGNATURES_SQL, [])
-    return ((row[0], row[SIGNATURE]) for row in fetch_rows())
+    return ((row[0], row[SIGNATURE]) for row in sorted(fetch_rows()))
 
 
 def _with_python_signature(row: tuple) -> tuple:
@@ -217,12 +230,16 @@ def _with_python_signature(row: tuple) -> tuple:
 
 
 def _stream_postgresql(sql: str, params: list) -> Iterator[tuple]:
-    with transaction.atomic(), connection.cursor() as wrapper:
-        # A server-side cursor streams the rows instead of holding all of them.
-        with wrapper.connection.cursor(name="beat_rows") as cursor:
-            cursor.itersize = 5000
-            cursor.execute(sql, params)
-            yield from cursor
+    """Rows as the server sends them (psycopg's ``stream``: chunked rows mode).
+
+    Unlike a server-side cursor, there is no round trip per batch: the
+    server computes and sends while beat builds entries (0.4 s instead of
+    0.8 s for 100,000 rows here), and memory holds one chunk, not the result.
+    The connection must not be used for anything else until the rows are read.
+    """
+    connection.ensure_connection()
+    with connection.wrap_database_errors, connection.connection.cursor() as cursor:
+        yield from cursor.stream(sql, params, size=1000)
 
 
 def _from_epoch(value: int | datetime | None) -> datetime | None:

@@ -402,6 +402,25 @@ def next_cron_slot(spec: CronSpec, after: datetime) -> datetime | None:
     return None
 
 
+@lru_cache(maxsize=16384)
+def _next_cron_slot_after_minute(spec: CronSpec, minute: datetime) -> datetime | None:
+    return next_cron_slot(spec, minute)
+
+
+def shared_next_cron_slot(spec: CronSpec, after: datetime) -> datetime | None:
+    """``next_cron_slot``, memoised on (spec, the whole UTC minute of ``after``).
+
+    Exact, not approximate: ``next_cron_slot`` starts its search at the next
+    whole UTC minute and reads nothing finer of ``after``. Schedules sharing
+    an expression and zone usually resume after the same slot, so at a
+    100,000-schedule load most of them share one computed answer, and one
+    ``datetime`` object instead of one each.
+    """
+    if after.tzinfo is not UTC:
+        after = after.astimezone(UTC)
+    return _next_cron_slot_after_minute(spec, after.replace(second=0, microsecond=0))
+
+
 def next_interval_slot(anchor: datetime, every: timedelta, after: datetime) -> datetime:
     """``anchor + k × every`` for the smallest k ≥ 0 with a slot strictly after ``after``.
 
