@@ -12,6 +12,10 @@ Celery task that:
 - records ``succeeded`` / ``failed`` / ``retrying`` / ``soft_timeout`` from the
   child, and ``hard_timeout`` from the worker's main process (the child was
   killed and cannot write);
+- records a revoke from the worker's main process too (``record_revoked_run``):
+  a run terminated by hand is ``failed`` / ``Terminated``, a run whose message
+  was discarded before it started is ``skipped`` / ``Revoked`` (``missed`` when
+  the message expired); a run that already ended keeps its record;
 - sends failures and time limits to Sentry with tags ``job``, ``schedule``,
   ``run``, ``scheduled_for`` and ``timeout`` (``soft`` or ``hard``).
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -27,10 +32,11 @@ from typing import Any
 
 import sentry_sdk
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery import Task
+from celery import Task, signals
 from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
+from django.db import close_old_connections
 from django.utils import timezone
 
 from jobs import runs
@@ -155,6 +161,83 @@ class JobTask(Task):
             )
             if run is not None:
                 report_to_sentry(run, exc, timeout="hard")
+
+
+def signal_name(signum: Any) -> str:
+    """``SIGTERM`` for 15 or ``"15"`` (Celery passes either); the value as given otherwise."""
+    try:
+        return signal.Signals(int(signum)).name
+    except (TypeError, ValueError):
+        return str(signum)
+
+
+@signals.task_revoked.connect(dispatch_uid="jobs.framework.record_revoked_run")
+def record_revoked_run(
+    sender: Task | None = None,
+    request: Any = None,
+    terminated: bool = False,
+    signum: Any = None,
+    expired: bool = False,
+    **_kwargs: Any,
+) -> None:
+    """Record a revoked run; Celery runs no task hook for it (worker's main process).
+
+    Celery sends ``task_revoked`` when it kills the pool process running a job
+    (``revoke(id, terminate=True)``: ``celery control revoke --terminate``,
+    Flower) and when it discards a message whose id was revoked or whose
+    ``expires`` passed; it acknowledges the message either way. So:
+
+    - not started yet (``queued``, or ``retrying`` until the next attempt):
+      ``skipped`` / ``Revoked``, or ``missed`` / ``StartingDeadlineExceeded``
+      for an expired message, as for a message taken after the run's deadline;
+    - ``running`` and terminated: ``failed`` / ``Terminated``, naming the
+      signal, with ``finished_at`` and ``duration_ms``. A job that survives the
+      signal keeps running, but its own end is then not recorded: the run was
+      ended by hand;
+    - ``running`` and *not* terminated (a duplicate message discarded while
+      the run runs elsewhere): unchanged, the process running it records it;
+    - already ended (beat recorded it ``Replaced`` before revoking it, or it
+      finished while the revoke was on its way): unchanged.
+
+    Each change is a conditional UPDATE (``jobs.runs``), so a child still
+    finishing the run, or beat, never has its record overwritten.
+    """
+    if not isinstance(sender, JobTask) or request is None:
+        return  # not a job: no run to record
+    # The main process may have sat idle past the server's timeout or
+    # CONN_MAX_AGE; the task_prerun cleanup Celery's Django fixup does runs in
+    # the children only.
+    close_old_connections()
+    run_id, job_name = request.id, sender.name
+    how = f"terminated by {signal_name(signum)}" if terminated else "expired" if expired else "revoked"
+    if expired:
+        ended = runs.record_missed(run_id, f"{request.expires} (its message expired)")
+        recorded = "missed"
+    else:
+        # The waiting state first: a terminated child may have been killed
+        # before it moved the run to running. The order follows the run's own
+        # (queued -> running), so a child starting it meanwhile is still caught.
+        ended = runs.end_unstarted_run(
+            run_id,
+            RunStatus.SKIPPED,
+            error_type="Revoked",
+            error_message=f"{how} before it started; its message was discarded",
+        )
+        recorded = "skipped"
+        if not ended and terminated:
+            error = runs.RunError(
+                type="Terminated",
+                message=f"{how} while running (revoked with terminate=True)",
+                traceback="",
+            )
+            ended = runs.record_from_main_process(run_id, RunStatus.FAILED, error) is not None
+            recorded = "failed"
+    if ended:
+        logger.warning("%s[%s]: %s; run recorded %s", job_name, run_id, how, recorded)
+    else:
+        status = JobRun.objects.filter(pk=runs.run_pk(run_id)).values_list("status", flat=True).first()
+        found = f"its run was already {status}, record kept" if status else "no run recorded for it"
+        logger.info("%s[%s]: %s; %s", job_name, run_id, how, found)
 
 
 def route_to_job_queue(name, args, kwargs, options, task=None, **_kw):

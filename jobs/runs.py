@@ -59,6 +59,14 @@ def _millis(later: datetime, earlier: datetime) -> int:
     return int((later - earlier).total_seconds() * 1000)
 
 
+def run_pk(run_id: Any) -> uuid.UUID | None:
+    """The run's primary key, or ``None`` for a task id that cannot be one (plain Celery)."""
+    try:
+        return uuid.UUID(str(run_id))
+    except ValueError:
+        return None
+
+
 def start_run(
     run_id: str,
     *,
@@ -85,10 +93,7 @@ def start_run(
     retry policy allows, else it is recorded ``lost``.
     """
     now = now or timezone.now()
-    try:
-        run_uuid = uuid.UUID(str(run_id))
-    except ValueError:
-        run_uuid = uuid.uuid4()
+    run_uuid = run_pk(run_id) or uuid.uuid4()
     run, created = JobRun.objects.get_or_create(
         pk=run_uuid,
         defaults={
@@ -106,12 +111,7 @@ def start_run(
     if run.status not in STARTABLE_STATUSES:
         return None
     if run.deadline is not None and now > run.deadline:
-        JobRun.objects.filter(pk=run.pk, status__in=STARTABLE_STATUSES).update(
-            status=RunStatus.MISSED,
-            finished_at=now,
-            error_type="StartingDeadlineExceeded",
-            error_message=f"not started by its deadline {run.deadline.isoformat()}",
-        )
+        record_missed(run.pk, run.deadline.isoformat(), now=now)
         return None
     changed = {
         "status": RunStatus.RUNNING,
@@ -188,17 +188,54 @@ def mark_retrying(run: JobRun, error: RunError, retry_at: datetime) -> bool:
     )
 
 
-def record_from_main_process(run_id: str, status: RunStatus, error: RunError) -> JobRun | None:
-    """Record a hard timeout or a lost worker, written by the worker's main process.
+def end_unstarted_run(
+    run_id: Any, status: RunStatus, *, error_type: str, error_message: str, now: datetime | None = None
+) -> bool:
+    """End a run waiting to start (``queued``, or ``retrying``) as ``status``; ``True`` if it did.
 
-    The child that ran the job was killed, so it cannot write anything; this
-    is the only record of how the run ended. Returns the run, or ``None`` when
-    the run was not running (already recorded, or unknown).
+    For a message that will never run the job: taken after the run's deadline,
+    or discarded by the worker (revoked, expired). ``False``, and nothing
+    written, when the run is not waiting: it started meanwhile (a running run
+    ends through its own code or ``record_from_main_process``), it already
+    ended (beat recorded it ``Replaced``, a duplicate message finished it), or
+    there is no such run (a plain Celery task id).
+    """
+    run_uuid = run_pk(run_id)
+    if run_uuid is None:
+        return False
+    return bool(
+        JobRun.objects.filter(pk=run_uuid, status__in=STARTABLE_STATUSES).update(
+            status=status,
+            finished_at=now or timezone.now(),
+            error_type=error_type,
+            error_message=error_message,
+        )
+    )
+
+
+def record_missed(run_id: Any, deadline: str, *, now: datetime | None = None) -> bool:
+    """Record a run that did not start by ``deadline`` (shown as given) as ``missed``."""
+    return end_unstarted_run(
+        run_id,
+        RunStatus.MISSED,
+        error_type="StartingDeadlineExceeded",
+        error_message=f"not started by its deadline {deadline}",
+        now=now,
+    )
+
+
+def record_from_main_process(run_id: str, status: RunStatus, error: RunError) -> JobRun | None:
+    """Record how a running run ended, written by the worker's main process.
+
+    For a hard timeout, a lost worker or a termination by revoke: the child
+    that ran the job was killed, so it cannot write anything; this is the only
+    record of how the run ended. Returns the run, or ``None`` when the run was
+    not running (already recorded, not started, or unknown).
     """
     now = timezone.now()
-    try:
-        run = JobRun.objects.get(pk=run_id)
-    except (JobRun.DoesNotExist, ValueError):
+    run_uuid = run_pk(run_id)
+    run = JobRun.objects.filter(pk=run_uuid).first() if run_uuid else None
+    if run is None:
         return None
     fields: dict[str, Any] = {
         "status": status,
