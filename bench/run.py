@@ -201,6 +201,8 @@ def aggregate(runs: dict[str, list[dict]]) -> dict[str, dict]:
         a["burst_slack_ok"] = all(b.get("slack_before_instant_s", 1) > 0 for b in bursts)
         resyncs = [r["resync"] for r in full]
         a["resync_s"] = med([x.get("wall_s") for x in resyncs])
+        a["resync_step_s"] = med([x.get("longest_step_s") for x in resyncs])
+        a["resync_steps"] = med([x.get("steps") for x in resyncs])
         a["resync_sync_s"] = med([x.get("sync_wall_s") for x in resyncs])
         a["resync_dirty"] = med([x.get("dirty_entries_synced") for x in resyncs])
         agg[engine] = a
@@ -268,9 +270,13 @@ def table(results: dict[int, dict], env: list[str], seeds: dict[int, dict], burs
         )
         lines.append(f"| {n_s} | ↳ schedules held in memory | {o['entries']:,.0f} | {t['entries']:,.0f} | |")
         lines.append(
-            f"| {n_s} | ↳ periodic full resync, every 300 s (s) | {fmt(o['resync_s'])} | "
+            f"| {n_s} | ↳ periodic full resync, every 300 s: longest tick (s) | {fmt(o['resync_step_s'])} | "
             f"{fmt(t['resync_s']) if t['resync_s'] is not None else '= row 3b'} | "
-            f"{ratio(t['resync_s'] or (t['edit_tick_wall_ms'] or 0) / 1000, o['resync_s'])} |"
+            f"{ratio(t['resync_s'] or (t['edit_tick_wall_ms'] or 0) / 1000, o['resync_step_s'])} |"
+        )
+        lines.append(
+            f"| {n_s} | ↳ periodic full resync: whole cycle ({fmt(o['resync_steps'])} ticks for ours) (s) "
+            f"| {fmt(o['resync_s'])} | | |"
         )
         s = seeds.get(n, {})
         notes.append(

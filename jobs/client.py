@@ -10,10 +10,11 @@ manual runs appear in the same history.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
@@ -22,8 +23,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs.catalog import validate_job_call
-from jobs.models import JobRun, RunStatus
+from jobs.models import JobRun, OutboxBatch, RunStatus
 from scheduler.models import validate_time_limits
+
+logger = logging.getLogger(__name__)
 
 # Keep IN (...) lists below SQLite's and Postgres' comfortable limits.
 CHUNK = 900
@@ -71,13 +74,13 @@ def task_message(run: JobRun, origin: str) -> tuple[dict[str, Any], str]:
     return headers, json.dumps([run.args, run.kwargs, EMBED])
 
 
-def publish_runs(app: Celery, runs: Sequence[JobRun], now: datetime | None = None) -> int:
-    """Send one message per queued run, pipelined; then mark them enqueued.
+def publish_runs(app: Celery, runs: Sequence[JobRun]) -> int:
+    """Send one message per queued run, pipelined; return how many were sent.
 
     All messages go over one producer in a kombu publish batch (one Redis
     pipeline per 1,000 messages; plain publishes on brokers without batches).
-    ``enqueued_at`` is written only after the broker took every message, so
-    a failure leaves the runs in the outbox to be sent again.
+    Writes nothing: the caller's outbox batch says what is still to be sent
+    (``send_batch``). Raises the broker's error if it cannot take them.
     """
     queued = [r for r in runs if r.status == RunStatus.QUEUED]
     if not queued:
@@ -105,10 +108,56 @@ def publish_runs(app: Celery, runs: Sequence[JobRun], now: datetime | None = Non
                     retry=False,
                     declare=None,
                 )
-    now = now or timezone.now()
-    for chunk in chunks([r.pk for r in queued]):
-        JobRun.objects.filter(pk__in=chunk, enqueued_at__isnull=True).update(enqueued_at=now)
     return len(queued)
+
+
+def record_outbox(run_ids: Sequence[uuid.UUID]) -> int | None:
+    """Put ``run_ids`` in the outbox, inside the caller's transaction; return the batch id."""
+    if not run_ids:
+        return None
+    return OutboxBatch.objects.create(run_ids=[str(run_id) for run_id in run_ids]).pk
+
+
+def send_batch(app: Celery, runs: Sequence[JobRun], batch_id: int | None) -> int:
+    """Publish ``runs`` (after their commit), then take their batch out of the outbox.
+
+    If publishing raises, the batch stays and ``publish_outbox`` sends it
+    later. If the process dies between the two steps, the batch is sent
+    twice; the worker starts a run once and ignores the second message.
+    """
+    sent = publish_runs(app, runs)
+    if batch_id is not None:
+        OutboxBatch.objects.filter(pk=batch_id).delete()
+    return sent
+
+
+def publish_outbox(app: Celery, limit: int = 10_000, older_than: timedelta | None = None) -> int:
+    """Send the runs of outbox batches left behind (a crash after commit, a broker outage).
+
+    Oldest batch first, up to about ``limit`` runs per call; only runs still
+    queued are sent (one that started or finished meanwhile needs nothing).
+    ``older_than`` leaves younger batches to the process that is sending them.
+    """
+    sent = 0
+    batches = OutboxBatch.objects.order_by("id")
+    if older_than is not None:
+        batches = batches.filter(created_at__lt=timezone.now() - older_than)
+    for batch in batches.iterator():
+        runs: list[JobRun] = []
+        for chunk in chunks(batch.run_ids):
+            runs.extend(JobRun.objects.filter(pk__in=chunk, status=RunStatus.QUEUED))
+        runs.sort(key=lambda run: run.scheduled_for)
+        sent += send_batch(app, runs, batch.pk)
+        if sent >= limit:
+            break
+    return sent
+
+
+def _send_after_commit(app: Celery, run: JobRun, batch_id: int | None) -> None:
+    try:
+        send_batch(app, [run], batch_id)
+    except Exception as exc:  # noqa: BLE001 (the run is committed: never make the caller retry it)
+        logger.warning("run %s is queued but not sent yet (%s); beat sends it from the outbox", run.pk, exc)
 
 
 def warm_up_broker(app: Celery) -> None:
@@ -144,6 +193,7 @@ def dispatch(
     deadline = starting_deadline or settings.JOB_DEFAULT_STARTING_DEADLINE
     run = JobRun(
         id=uuid.uuid4(),
+        enqueued_at=now,
         job=job,
         args=args,
         kwargs=kwargs,
@@ -156,5 +206,6 @@ def dispatch(
     )
     with transaction.atomic():
         run.save(force_insert=True)
-        transaction.on_commit(lambda: publish_runs(app, [run]))
+        batch_id = record_outbox([run.pk])
+        transaction.on_commit(lambda: _send_after_commit(app, run, batch_id))
     return run

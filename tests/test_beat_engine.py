@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection, transaction
+from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from jobs.catalog import publish_catalog
-from jobs.models import JobRun, RunStatus
+from jobs.models import JobRun, OutboxBatch, RunStatus
 from scheduler.beat.engine import BeatEngine
 from scheduler.models import CatchUp, SchedulePolicy
 from scheduler.services import update_schedules
@@ -31,7 +32,9 @@ def engine(redis_client, clean_queues):
     publish_catalog(worker="tests")
     from scheduler.celery import app
 
-    return BeatEngine(app, poll_interval=0, fallback_poll_interval=0)
+    engine = BeatEngine(app, poll_interval=0, fallback_poll_interval=0)
+    yield engine
+    engine.close()  # its LISTEN connection would keep the test database from being dropped
 
 
 def every(seconds: int) -> IntervalSchedule:
@@ -69,7 +72,7 @@ def test_it_claims_and_publishes_every_due_slot_in_one_tick(engine, redis_client
     runs = JobRun.objects.filter(schedule__in=tasks)
     assert runs.count() == 50
     assert set(runs.values_list("scheduled_for", flat=True)) == {T0 + timedelta(seconds=60)}
-    assert not runs.filter(enqueued_at__isnull=True).exists()
+    assert not OutboxBatch.objects.exists()  # sent: the batch left the outbox
     assert sorted(queued_message_ids(redis_client)) == sorted(
         str(pk) for pk in runs.values_list("pk", flat=True)
     )
@@ -94,6 +97,7 @@ def test_a_restarted_engine_does_not_fire_a_slot_again(engine):
     restarted = BeatEngine(app, poll_interval=0, fallback_poll_interval=0)
     restarted.load(now=T0 + timedelta(seconds=61))
     restarted.tick(now=T0 + timedelta(seconds=61))
+    restarted.close()
 
     assert runs_of(task) == [(T0 + timedelta(seconds=60), RunStatus.QUEUED)]
 
@@ -248,22 +252,47 @@ def test_jitter_delays_dispatch_but_keeps_the_slot(engine):
 
 
 def test_the_fast_full_load_and_the_per_task_load_agree(engine):
-    from scheduler.beat.entries import entry_from_row, fetch_rows
+    """The full load, the per-task read and reconcile's walk build the same entries."""
+    from scheduler.beat.entries import EntryFactory, fetch_rows, fetch_rows_after
 
     crontab = CrontabSchedule.objects.create(minute="30", hour="2", timezone="Europe/Berlin")
     tasks = [make_task("cron", crontab=crontab), make_task("interval", interval=every(60))]
     SchedulePolicy.objects.filter(task=tasks[1]).update(last_slot_at=T0 + timedelta(microseconds=123457))
+    factory = EntryFactory({})
 
-    full = {row[0]: entry_from_row(row, {}) for row in fetch_rows()}
+    full = {row[0]: factory.build(row) for row in fetch_rows()}
+    walked = {row[0]: row for row in fetch_rows_after(0, 10)}
     for task in tasks:
         (row,) = fetch_rows([task.pk])
-        one = entry_from_row(row, {})
-        assert one.signature == full[task.pk].signature
-        assert (one.last_slot, one.anchor, one.definition) == (
-            full[task.pk].last_slot,
-            full[task.pk].anchor,
-            full[task.pk].definition,
-        )
+        entry, last_slot, created = EntryFactory({}).build(row)
+        expected, expected_last_slot, expected_created = full[task.pk]
+        assert (last_slot, created, entry.anchor) == (expected_last_slot, expected_created, expected.anchor)
+        assert entry.definition == expected.definition
+        assert factory.matches(expected, walked[task.pk])
+    assert full[tasks[1].pk][1] == T0 + timedelta(microseconds=123457)
+
+
+def test_reconcile_walks_in_steps_and_catches_raw_edits_and_deletes(engine, monkeypatch):
+    """Each tick compares one step of rows; edits and deletions made with raw SQL are found."""
+    from scheduler.beat import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "RECONCILE_STEP", 2)
+    tasks = [make_task(f"hb{i}", interval=every(60)) for i in range(5)]
+    engine.load(now=T0)
+    PeriodicTask.objects.filter(pk=tasks[1].pk).update(interval=every(5))  # no signal, no change log
+    SchedulePolicy.objects.filter(task=tasks[3]).update(anchor=T0 + timedelta(seconds=7))
+    PeriodicTask.objects.filter(pk=tasks[4].pk).update(enabled=False)
+
+    steps = 1
+    while not engine.reconcile_step(now=T0):
+        steps += 1
+
+    assert steps == 3  # 2 + 2 + 1 rows
+    assert engine.last_reconcile_changes == 3
+    assert engine.entries[tasks[1].pk].definition.interval == timedelta(seconds=5)
+    assert engine.entries[tasks[3].pk].anchor == T0 + timedelta(seconds=7)
+    assert tasks[4].pk not in engine.entries
+    assert engine.reconcile(now=T0) == 0  # nothing differs any more
 
 
 def test_edited_entries_do_not_pile_up_in_the_heap(engine):
@@ -283,3 +312,23 @@ def test_edited_entries_do_not_pile_up_in_the_heap(engine):
     assert engine.retired_in_heap == 0
     assert sorted(e.task_id for e in engine.heap) == sorted(t.pk for t in tasks)
     assert all(not e.retired for e in engine.heap)
+
+
+def test_the_engine_sends_outbox_batches_other_processes_left_behind(engine, redis_client):
+    """A batch older than the sweep age is sent and cleared; a young one is left to its sender."""
+    from scheduler.beat.dispatch import PlannedSlot, claim_slots
+    from scheduler.beat.engine import OUTBOX_SWEEP_AGE
+
+    task = make_task("hb", interval=every(3600))
+    engine.load(now=T0)
+    entry = engine.entries[task.pk]
+    old = claim_slots([PlannedSlot(entry, T0 - timedelta(hours=2))])  # committed, never sent
+    young = claim_slots([PlannedSlot(entry, T0 - timedelta(hours=1))])
+    OutboxBatch.objects.filter(pk=old.outbox_batch).update(
+        created_at=timezone.now() - OUTBOX_SWEEP_AGE - timedelta(seconds=1)
+    )
+
+    engine.tick(now=T0)
+
+    assert queued_message_ids(redis_client) == [str(old.runs[0].pk)]
+    assert list(OutboxBatch.objects.values_list("pk", flat=True)) == [young.outbox_batch]

@@ -9,7 +9,7 @@ import pytest
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from jobs.catalog import publish_catalog
-from jobs.models import JobRun, RunStatus
+from jobs.models import JobRun, OutboxBatch, RunStatus
 from scheduler.beat.dispatch import MISSED, PlannedSlot, claim_slots
 from scheduler.beat.entries import entry_from_row, fetch_rows
 from scheduler.models import Overlap
@@ -29,8 +29,7 @@ def entry():
 
 
 def claim(entry, *slots, outcome="run"):
-    claimed, _ = claim_slots([PlannedSlot(entry, slot, outcome) for slot in slots])
-    return claimed
+    return claim_slots([PlannedSlot(entry, slot, outcome) for slot in slots]).runs
 
 
 def test_a_slot_claimed_twice_yields_one_run(entry):
@@ -56,7 +55,8 @@ def test_a_claimed_run_carries_its_deadline_and_waits_in_the_outbox(entry):
     run = JobRun.objects.get(pk=run.pk)
 
     assert run.status == RunStatus.QUEUED
-    assert run.enqueued_at is None  # not yet published: the outbox
+    # Not yet published: the claim put it in an outbox batch, which the sender deletes.
+    assert [batch.run_ids for batch in OutboxBatch.objects.all()] == [[str(run.pk)]]
     assert run.deadline == SLOT + entry.definition.starting_deadline
 
 
@@ -94,7 +94,7 @@ def test_replace_records_the_older_active_runs_and_returns_them_for_revocation(e
     JobRun.objects.filter(pk=running.pk).update(status=RunStatus.RUNNING)
     later = SLOT + timedelta(minutes=1)
 
-    claimed, to_revoke = claim_slots([PlannedSlot(entry, later)])
+    claimed, to_revoke, _ = claim_slots([PlannedSlot(entry, later)])
 
     assert [r.scheduled_for for r in claimed] == [later]
     assert [r.pk for r in to_revoke] == [running.pk]

@@ -11,7 +11,10 @@ Guarantees:
   written in that transaction, so a restarted beat resumes after it.
 - **No holes.** Slots that will not run are claimed too, as ``missed`` (catch-up
   policy) or ``skipped`` (overlap policy).
-- **Publish after commit.** See ``jobs.client.publish_runs`` and the outbox.
+- **Publish after commit, through the outbox.** The claim also writes one
+  ``OutboxBatch`` row naming the runs to publish; the caller publishes after
+  commit and deletes it (``jobs.client.send_batch``). A batch left behind by
+  a crash or a broker outage is sent by ``jobs.client.publish_outbox``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from celery import Celery
 from django.db import connection, transaction
@@ -30,7 +34,7 @@ from django.db.models import Case, Value, When
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from jobs.client import CHUNK, chunks, publish_runs
+from jobs.client import CHUNK, chunks, record_outbox
 from jobs.models import ACTIVE_STATUSES, JobRun, RunStatus
 from scheduler.beat.entries import Entry
 from scheduler.models import Overlap, SchedulePolicy
@@ -86,7 +90,7 @@ class ClaimedRun:
 INSERT_COLUMNS = (
     "id", "schedule_id", "schedule_name", "job", "args", "kwargs", "queue", "soft_time_limit",
     "hard_time_limit", "scheduled_for", "deadline", "status", "finished_at", "error_message",
-    "attempt", "worker", "error_type", "traceback", "created_at",
+    "attempt", "worker", "error_type", "traceback", "created_at", "enqueued_at",
 )  # fmt: skip
 
 
@@ -114,7 +118,7 @@ def _row(run: ClaimedRun, now: datetime, schedule_name: str = "") -> tuple:
         run.id, run.schedule_id, schedule_name[:200], run.job, json.dumps(run.args),
         json.dumps(run.kwargs), run.queue, run.soft_time_limit, run.hard_time_limit,
         run.scheduled_for, run.deadline, str(run.status), run.finished_at, run.error_message,
-        0, "", "", "", now,
+        0, "", "", "", now, now if run.status == RunStatus.QUEUED else None,
     )  # fmt: skip
 
 
@@ -194,19 +198,27 @@ def _advance_last_slots(runs: Sequence[ClaimedRun]) -> None:
             SchedulePolicy.objects.filter(task_id__in=chunk).update(last_slot_at=slot)
 
 
+class Claim(NamedTuple):
+    """What one claim transaction committed."""
+
+    runs: list[ClaimedRun]  # the runs this claim inserted, any status; the queued ones are published
+    to_revoke: list[JobRun]  # older runs an overlap=replace slot displaced
+    outbox_batch: int | None  # the outbox row listing ``runs``, deleted once they are sent
+
+
 def claim_slots(
     planned: Sequence[PlannedSlot],
     fence: Callable[[], None] | None = None,
     now: datetime | None = None,
-) -> tuple[list[ClaimedRun], list[JobRun]]:
-    """Insert the runs of ``planned`` slots; return (ours to publish, ours to revoke).
+) -> Claim:
+    """Insert the runs of ``planned`` slots, and an outbox batch of those to publish.
 
     ``skip`` overlap: a slot of a schedule with a run still queued or running
     is claimed as ``skipped``. ``replace``: the older active runs are returned
     for revocation and recorded as ``skipped`` (queued) or ``failed`` (running).
     """
     if not planned:
-        return [], []
+        return Claim([], [], None)
     now = now or timezone.now()
     with transaction.atomic():
         overlapping = [
@@ -241,24 +253,16 @@ def claim_slots(
                 error_type="Replaced",
                 error_message="replaced by a newer slot (overlap policy: replace)",
             )
+        claimed = [r for r in runs if r.pk in ours]
+        batch = record_outbox([r.pk for r in claimed if r.status == RunStatus.QUEUED])
         if fence is not None:
             # Last, so the lease row is locked only for an instant: a deposed
             # leader's whole claim rolls back here.
             fence()
-    return [r for r in runs if r.pk in ours], to_revoke
+    return Claim(claimed, to_revoke, batch)
 
 
 def revoke_replaced(app: Celery, runs: Sequence[JobRun]) -> None:
     """Stop replaced runs: one broadcast revoking them all (terminating a started one)."""
     if runs:
         app.control.revoke([str(run.pk) for run in runs], terminate=True, signal="SIGTERM")
-
-
-def publish_outbox(app: Celery, limit: int = 10_000) -> int:
-    """Publish claimed runs whose message never reached the broker (crash after commit)."""
-    pending = list(
-        JobRun.objects.filter(status=RunStatus.QUEUED, enqueued_at__isnull=True).order_by("scheduled_for")[
-            :limit
-        ]
-    )
-    return publish_runs(app, pending)

@@ -6,8 +6,10 @@ Edits reach the heap through ``ChangeFeed`` without a reload. On PostgreSQL
 the feed is read when ``ChangeListener`` reports a committed change (a
 socket read of a few microseconds per tick) and every
 ``fallback_poll_interval`` in case a notification was lost; elsewhere it is
-polled every ``poll_interval``. ``reconcile`` compares every row's signature
-every ``reconcile_interval`` as the safety net for raw SQL edits.
+polled every ``poll_interval``. Every ``reconcile_interval`` a reconcile
+compares every row with its entry, the safety net for raw SQL edits; it
+walks the table by id in steps of ``RECONCILE_STEP`` rows, one step per
+tick, so no tick pays for all of it.
 
 Restart safety: an entry resumes after its policy's ``last_slot_at`` (advanced
 in the claim transaction), never after an in-memory time, so a restarted
@@ -27,13 +29,14 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from celery import Celery
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from jobs.client import publish_runs
+from jobs.client import publish_outbox, send_batch
 from scheduler.beat import dispatch
 from scheduler.beat.dispatch import MISSED, RUN, PlannedSlot
 from scheduler.beat.entries import (
@@ -41,7 +44,7 @@ from scheduler.beat.entries import (
     EntryFactory,
     ensure_policies,
     fetch_rows,
-    fetch_signatures,
+    fetch_rows_after,
     job_defaults,
 )
 from scheduler.changes import ChangeFeed, ChangeListener
@@ -58,6 +61,12 @@ MAX_CATCHUP_SLOTS = 100
 PRESENCE_CHECK_SECONDS = 60.0
 # Slots claimed per transaction (see BeatEngine.dispatch).
 CLAIM_BATCH = 2000
+# Rows a reconcile compares per tick (about 30 ms at 5,000 here).
+RECONCILE_STEP = 5000
+# How often beat looks for outbox batches other processes left, and how old
+# one must be (younger ones may still be on their way to the broker).
+OUTBOX_SWEEP_SECONDS = 30.0
+OUTBOX_SWEEP_AGE = timedelta(seconds=30)
 # catchup=none still runs a slot this late (a tick is never exactly on time).
 ON_TIME_GRACE = timedelta(seconds=60)
 
@@ -88,6 +97,16 @@ def plan_due_slots(entry: Entry, slots: list[datetime], now: datetime) -> list[P
     return planned
 
 
+@dataclass(slots=True)
+class ReconcileCycle:
+    """Where a reconcile walk stands between ticks."""
+
+    ids: list[int]  # the entries' ids when the cycle began, ascending
+    index: int = 0  # ids[:index] are checked
+    after_id: int = 0  # rows with ids up to this one are checked
+    changes: int = 0
+
+
 class BeatEngine:
     def __init__(
         self,
@@ -113,9 +132,12 @@ class BeatEngine:
         self.factory = EntryFactory({})
         self.next_poll = 0.0
         self.next_reconcile = 0.0
+        self.reconciling: ReconcileCycle | None = None
         self.next_presence_check = 0.0
         self.outbox_dirty = False
+        self.next_outbox_sweep = 0.0
         self.loaded = False
+        self.last_reconcile_changes = 0
 
     # --- building entries ------------------------------------------------------------
     def load(self, now: datetime | None = None) -> int:
@@ -128,13 +150,14 @@ class BeatEngine:
         self.entries.clear()
         self.heap.clear()
         self.retired_in_heap = 0
+        self.reconciling = None
         # Building 100,000 long-lived entries triggers many useless collections
         # (a tenth of the load); collect once at the end instead.
         gc.disable()
         try:
             for row in fetch_rows():
-                entry, resume_after = self.factory.build(row)
-                self._install(entry, now, resume_after=resume_after)
+                entry, last_slot, created = self.factory.build(row)
+                self._install(entry, now, last_slot=last_slot, resume_after=last_slot or created)
         finally:
             gc.enable()
         heapq.heapify(self.heap)  # _install appends while loading; O(N) beats N pushes
@@ -149,27 +172,28 @@ class BeatEngine:
         entry: Entry,
         now: datetime,
         *,
+        last_slot: datetime | None,
         resume_after: datetime | None = None,
         previous: Entry | None = None,
     ) -> None:
         """Put ``entry`` in place with its next slot.
 
-        A full load resumes after ``resume_after`` (the last claimed slot, or
-        the schedule's creation), so downtime is caught up. An edit resumes
-        from now, except that a slot already due under the old definition
+        ``last_slot`` is the row's ``last_slot_at``: every claim advances it
+        in its own transaction, so it is never behind what beat fired. A full
+        load resumes after ``resume_after`` (the last claimed slot, or the
+        schedule's creation), so downtime is caught up. An edit resumes from
+        now, except that a slot already due under the old definition
         (``previous``) is not lost.
         """
         self.entries[entry.task_id] = entry
         if resume_after is not None:
             after = resume_after
         else:
-            if previous is not None and previous.last_slot:
-                entry.last_slot = max(filter(None, [entry.last_slot, previous.last_slot]))
-            after = max(filter(None, [entry.last_slot, now]))
+            after = max(filter(None, [last_slot, now]))
             if previous is not None and previous.pending is not None and previous.pending <= now:
                 # Due under the old definition but not yet fired: do not lose it.
-                after = max(filter(None, [entry.last_slot, previous.pending - timedelta(microseconds=1)]))
-        if entry.definition.one_off and entry.last_slot is not None:
+                after = max(filter(None, [last_slot, previous.pending - timedelta(microseconds=1)]))
+        if entry.definition.one_off and last_slot is not None:
             return
         slot = entry.next_slot(after)
         if slot is None:
@@ -209,57 +233,75 @@ class BeatEngine:
         self._rebuild(changed, now or timezone.now())
         return len(changed)
 
+    def _refresh_defaults(self) -> None:
+        """Re-read the catalog's defaults; new ones mean new definitions (cached ones embed them)."""
+        defaults = job_defaults()
+        if defaults != self.factory.defaults:
+            self.factory = EntryFactory(defaults)
+
     def _rebuild(self, task_ids: set[int], now: datetime) -> None:
         """Re-read ``task_ids`` from the database; drop those no longer enabled."""
-        self.factory.defaults = job_defaults()
+        self._refresh_defaults()
         ensure_policies(now, task_ids)
         found: set[int] = set()
         for row in fetch_rows(task_ids):  # streamed: 10,000 rows at once were 10 MB of peak
             found.add(row[0])
             previous = self._remove(row[0])
-            self._install(self.factory.build(row)[0], now, previous=previous)
+            entry, last_slot, _ = self.factory.build(row)
+            self._install(entry, now, last_slot=last_slot, previous=previous)
         for task_id in task_ids - found:
             self._remove(task_id)
         self._compact_heap()
 
     def reconcile(self, now: datetime | None = None) -> int:
-        """Compare every row's signature with its entry; rebuild what differs (raw SQL edits).
+        """A whole reconcile cycle at once; return how many schedules it rebuilt or dropped."""
+        self.reconciling = None
+        while not self.reconcile_step(now):
+            pass
+        return self.last_reconcile_changes
 
-        Reads (id, signature) pairs only, computed by the server on
-        PostgreSQL, so this costs a fraction of a load. It also starts a new
-        table of shared definitions: ones that no entry uses any more are
-        freed instead of accumulating over months of edits.
+    def reconcile_step(self, now: datetime | None = None) -> bool:
+        """Compare the next ``RECONCILE_STEP`` rows with their entries; True when the cycle ends.
+
+        A row that does not match its entry (or has none) is rebuilt; an entry
+        whose id the walk passed without a row is dropped. Entries are walked
+        in the id order they had when the cycle began (a copy of the ids, not
+        of the entries: 100,000 ints, not a second schedule).
         """
         now = now or timezone.now()
-        # A merge of two id-ordered walks, not sets of 100,000 ids: this runs
-        # beside a full heap, and its peak is beat's peak memory.
-        ours = iter(sorted(self.entries))
-        differ: list[int] = []
-        gone: list[int] = []
-        mine = next(ours, None)
-        for task_id, signature in fetch_signatures():
-            while mine is not None and mine < task_id:
-                gone.append(mine)
-                mine = next(ours, None)
-            if mine == task_id:
-                mine = next(ours, None)
-            current = self.entries.get(task_id)
-            if current is None or current.signature != signature:
-                differ.append(task_id)
-        while mine is not None:
-            gone.append(mine)
-            mine = next(ours, None)
-        for task_id in gone:
-            self._remove(task_id)
-        self._compact_heap()
-        self.factory = EntryFactory(job_defaults())
+        if self.reconciling is None:
+            self._refresh_defaults()
+            self.reconciling = ReconcileCycle(sorted(self.entries))
+        cycle = self.reconciling
+        seen: set[int] = set()
+        differ: set[int] = set()
+        for row in fetch_rows_after(cycle.after_id, RECONCILE_STEP):
+            seen.add(row[0])
+            entry = self.entries.get(row[0])
+            if entry is None or not self.factory.matches(entry, row):
+                differ.add(row[0])
+        done = len(seen) < RECONCILE_STEP
+        upto = None if done else max(seen)
+        ids, i = cycle.ids, cycle.index
+        while i < len(ids) and (upto is None or ids[i] <= upto):
+            if ids[i] not in seen and self._remove(ids[i]) is not None:
+                cycle.changes += 1
+            i += 1
+        cycle.index = i
+        cycle.after_id = upto or 0
         if differ:
-            self._rebuild(set(differ), now)
+            self._rebuild(differ, now)
+            cycle.changes += len(differ)
+        self._compact_heap()
+        if not done:
+            return False
+        self.factory.keep_only(self.entries.values())
         self.feed.prune()
-        rebuilt = len(differ) + len(gone)
-        if rebuilt:
-            logger.warning("beat reconcile: %d schedules differed from the change log", rebuilt)
-        return rebuilt
+        self.reconciling = None
+        self.last_reconcile_changes = cycle.changes
+        if cycle.changes:
+            logger.warning("beat reconcile: %d schedules differed from the change log", cycle.changes)
+        return True
 
     # --- ticking ---------------------------------------------------------------------
     def collect_due(self, now: datetime) -> list[PlannedSlot]:
@@ -287,7 +329,6 @@ class BeatEngine:
                 )
                 following = skipped_to
             planned.extend(plan_due_slots(entry, slots, now))
-            entry.last_slot = slots[-1]
             entry.pending = None
             if following is not None and not entry.definition.one_off:
                 entry.wait_for(following)
@@ -302,14 +343,18 @@ class BeatEngine:
         if clock >= self.next_poll or self.listener.notified():
             self.apply_changes(now)
             self.next_poll = clock + self.change_poll_every()
-        if clock >= self.next_reconcile:
-            self.reconcile(now)
-            self.next_reconcile = clock + self.reconcile_interval
+        if self.reconciling is not None or clock >= self.next_reconcile:
+            if self.reconcile_step(now):
+                self.next_reconcile = clock + self.reconcile_interval
         if clock >= self.next_presence_check:
             flag_unserved(self.entries.values(), now)
             self.next_presence_check = clock + PRESENCE_CHECK_SECONDS
-        if self.outbox_dirty:
-            self.flush_outbox()
+        if self.outbox_dirty or clock >= self.next_outbox_sweep:
+            # Dirty: our own publish failed, retry everything. Otherwise a sweep
+            # for batches another process left (a dispatch whose broker call
+            # failed, a crashed beat), old enough not to be in flight.
+            self.flush_outbox(older_than=None if self.outbox_dirty else OUTBOX_SWEEP_AGE)
+            self.next_outbox_sweep = clock + OUTBOX_SWEEP_SECONDS
         now = now or timezone.now()
         if self.heap and self.heap[0].due_at <= now:
             self.dispatch(self.collect_due(now), now)
@@ -326,20 +371,20 @@ class BeatEngine:
         started = time.monotonic()
         for start in range(0, len(planned), CLAIM_BATCH):
             batch = planned[start : start + CLAIM_BATCH]
-            claimed, to_revoke = dispatch.claim_slots(batch, fence=self.fence, now=now)
-            claimed_count += len(claimed)
+            claim = dispatch.claim_slots(batch, fence=self.fence, now=now)
+            claimed_count += len(claim.runs)
             try:
                 # Before publishing: the old run stops before its replacement can start.
-                dispatch.revoke_replaced(self.app, to_revoke)
+                dispatch.revoke_replaced(self.app, claim.to_revoke)
             except Exception as exc:  # noqa: BLE001 (the runs are recorded replaced; say so loudly)
-                logger.error("beat: could not revoke %d replaced runs: %s", len(to_revoke), exc)
+                logger.error("beat: could not revoke %d replaced runs: %s", len(claim.to_revoke), exc)
             try:
-                sent += publish_runs(self.app, claimed)
+                sent += send_batch(self.app, claim.runs, claim.outbox_batch)
             except Exception as exc:  # noqa: BLE001 (any broker error: keep them in the outbox)
                 self.outbox_dirty = True
                 logger.error(
                     "beat: claimed %d runs but could not publish (%s); they wait in the outbox",
-                    len(claimed),
+                    len(claim.runs),
                     exc,
                 )
         logger.info(
@@ -351,9 +396,9 @@ class BeatEngine:
         )
         return sent
 
-    def flush_outbox(self) -> int:
+    def flush_outbox(self, older_than: timedelta | None = None) -> int:
         try:
-            sent = dispatch.publish_outbox(self.app)
+            sent = publish_outbox(self.app, older_than=older_than)
         except Exception as exc:  # noqa: BLE001
             logger.debug("beat: outbox still blocked: %s", exc)
             return 0

@@ -34,8 +34,7 @@ INTERVAL_UNITS = {
 
 # Row layout, the same from the raw SQL (PostgreSQL) and the ORM (elsewhere):
 # the task id, then the columns that define what runs and when (identical
-# ones are shared by one ``Definition``), then the schedule's own timestamps,
-# then the signature (appended; see ``fetch_rows``).
+# ones are shared by one ``Definition``), then the schedule's own timestamps.
 ROW_FIELDS = (
     "pk",
     "task", "args", "kwargs", "queue", "one_off", "start_time", "expires",
@@ -50,7 +49,6 @@ DEFINITION_COLUMNS = slice(1, ROW_FIELDS.index("policy__anchor"))
 ANCHOR = ROW_FIELDS.index("policy__anchor")
 CREATED = ROW_FIELDS.index("policy__created_at")
 LAST_SLOT = ROW_FIELDS.index("policy__last_slot_at")
-SIGNATURE = len(ROW_FIELDS)  # position of the appended signature
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +83,11 @@ class Entry:
     """One enabled schedule in beat's memory: its definition and where it stands.
 
     Deliberately small (100,000 of them live in beat): the schedule's name
-    stays in the database (the claim copies it into the run there), and
-    everything identical across schedules lives in the shared ``definition``.
+    stays in the database (the claim copies it into the run there), so does
+    its last claimed slot (read when the entry is built; the claim advances
+    it), and everything identical across schedules lives in the shared
+    ``definition``. Reconcile compares rows with ``definition`` and
+    ``anchor`` themselves, so no signature is kept either.
     ``retired`` marks an entry replaced by an edit or removed; the engine
     drops it when it comes off the heap.
 
@@ -97,9 +98,7 @@ class Entry:
 
     task_id: int
     definition: Definition
-    signature: int  # of the row's columns but last_slot_at: reconcile compares it
     anchor: datetime | None = None  # intervals only
-    last_slot: datetime | None = None
     pending: datetime | None = None  # the slot this entry waits for in the heap
     due_at: datetime | None = None  # when to dispatch ``pending``: the slot plus jitter
     retired: bool = False
@@ -169,8 +168,7 @@ def job_defaults() -> dict[str, tuple[str, int, int]]:
 # --- Reading rows ----------------------------------------------------------------------
 # PostgreSQL: raw SQL. Timestamps come back as integer microseconds since the
 # epoch (parsing 200,000 timestamps through Django's time-zone-aware loader
-# was a third of a 100,000-schedule start), and the signature is computed by
-# the server, so reconcile reads two columns instead of every column.
+# was a third of a 100,000-schedule start).
 _COLUMNS_SQL = """t.task, t.args, t.kwargs, t.queue, t.one_off,
        (EXTRACT(EPOCH FROM t.start_time) * 1000000)::int8,
        (EXTRACT(EPOCH FROM t.expires) * 1000000)::int8,
@@ -179,8 +177,6 @@ _COLUMNS_SQL = """t.task, t.args, t.kwargs, t.queue, t.one_off,
        p.soft_time_limit, p.hard_time_limit, p.queue, p.catchup, p.overlap, p.starting_deadline,
        p.jitter, (EXTRACT(EPOCH FROM p.anchor) * 1000000)::int8,
        (EXTRACT(EPOCH FROM p.created_at) * 1000000)::int8"""
-# ROW() renders NULL and '' differently, so the text identifies the columns.
-_SIGNATURE_SQL = f"hashtextextended(ROW({_COLUMNS_SQL})::text, 0)"
 _FROM_SQL = """FROM django_celery_beat_periodictask t
 LEFT JOIN django_celery_beat_crontabschedule c ON c.id = t.crontab_id
 LEFT JOIN django_celery_beat_intervalschedule i ON i.id = t.interval_id
@@ -188,9 +184,8 @@ LEFT JOIN django_celery_beat_clockedschedule k ON k.id = t.clocked_id
 LEFT JOIN scheduler_schedulepolicy p ON p.task_id = t.id
 WHERE t.enabled"""
 _ROWS_SQL = f"""SELECT t.id, {_COLUMNS_SQL},
-       (EXTRACT(EPOCH FROM p.last_slot_at) * 1000000)::int8, {_SIGNATURE_SQL}
+       (EXTRACT(EPOCH FROM p.last_slot_at) * 1000000)::int8
 {_FROM_SQL}"""  # noqa: S608 (constant text, no user input)
-_SIGNATURES_SQL = f"SELECT t.id, {_SIGNATURE_SQL} {_FROM_SQL} ORDER BY t.id"  # noqa: S608
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -199,7 +194,7 @@ def _raw_sql() -> bool:
 
 
 def fetch_rows(task_ids: Iterable[int] | None = None) -> Iterator[tuple]:
-    """Enabled tasks: ``ROW_FIELDS`` plus the signature (all of them, or ``task_ids``).
+    """Enabled tasks as ``ROW_FIELDS`` rows: all of them, or ``task_ids``.
 
     Timestamps are integer microseconds on PostgreSQL and datetimes
     elsewhere; ``EntryFactory`` reads both.
@@ -211,22 +206,15 @@ def fetch_rows(task_ids: Iterable[int] | None = None) -> Iterator[tuple]:
     queryset = PeriodicTask.objects.filter(enabled=True)
     if task_ids is not None:
         queryset = queryset.filter(pk__in=list(task_ids))
-    rows = queryset.values_list(*ROW_FIELDS).iterator(chunk_size=5000)
-    return (_with_python_signature(row) for row in rows)
+    return queryset.values_list(*ROW_FIELDS).iterator(chunk_size=5000)
 
 
-def fetch_signatures() -> Iterator[tuple[int, int]]:
-    """(task id, signature) of every enabled task, by ascending id: what reconcile compares."""
+def fetch_rows_after(after_id: int, limit: int) -> Iterator[tuple]:
+    """Up to ``limit`` enabled tasks with ids above ``after_id``, by ascending id (reconcile)."""
     if _raw_sql():
-        return _stream_postgresql(_SIGNATURES_SQL, [])
-    return ((row[0], row[SIGNATURE]) for row in sorted(fetch_rows()))
-
-
-def _with_python_signature(row: tuple) -> tuple:
-    tz = ROW_FIELDS.index("crontab__timezone")
-    # The zone is a ZoneInfo here: hash its name.
-    signed = (*row[1:tz], str(row[tz]) if row[tz] is not None else None, *row[tz + 1 : LAST_SLOT])
-    return (*row, hash(signed))
+        return _stream_postgresql(_ROWS_SQL + " AND t.id > %s ORDER BY t.id LIMIT %s", [after_id, limit])
+    rows = PeriodicTask.objects.filter(enabled=True, pk__gt=after_id).order_by("pk").values_list(*ROW_FIELDS)
+    return iter(rows[:limit])
 
 
 def _stream_postgresql(sql: str, params: list) -> Iterator[tuple]:
@@ -275,19 +263,44 @@ class EntryFactory:
         self.defaults = defaults
         self.definitions: dict[tuple, Definition] = {}
 
-    def build(self, row: tuple) -> tuple[Entry, datetime]:
-        """The entry of ``row`` and the time its schedule resumes after at a full load."""
+    def build(self, row: tuple) -> tuple[Entry, datetime | None, datetime]:
+        """The entry of ``row``, its last claimed slot, and when its schedule was created."""
+        definition = self.definition_of(row)
+        created = _from_epoch(row[CREATED]) or definition.not_before or timezone.now()
+        entry = Entry(task_id=row[0], definition=definition, anchor=self.anchor_of(definition, row, created))
+        return entry, _from_epoch(row[LAST_SLOT]), created
+
+    def definition_of(self, row: tuple) -> Definition:
         key = row[DEFINITION_COLUMNS]
         definition = self.definitions.get(key)
         if definition is None:
             definition = self.definitions[key] = self._definition(key)
-        start_time = definition.not_before
-        created = _from_epoch(row[CREATED]) or start_time or timezone.now()
-        last_slot = _from_epoch(row[LAST_SLOT])
-        entry = Entry(task_id=row[0], definition=definition, signature=row[SIGNATURE], last_slot=last_slot)
-        if definition.interval is not None:
-            entry.anchor = (start_time or _from_epoch(row[ANCHOR]) or created).replace(microsecond=0)
-        return entry, last_slot or created
+        return definition
+
+    @staticmethod
+    def anchor_of(definition: Definition, row: tuple, created: datetime | None = None) -> datetime | None:
+        """An interval's anchor: start_time, else the policy's anchor, else creation (whole seconds)."""
+        if definition.interval is None:
+            return None
+        created = created or _from_epoch(row[CREATED]) or definition.not_before or timezone.now()
+        return (definition.not_before or _from_epoch(row[ANCHOR]) or created).replace(microsecond=0)
+
+    def matches(self, entry: Entry, row: tuple) -> bool:
+        """Whether ``entry`` is what ``row`` builds now (else the row was edited behind beat's back).
+
+        Compares the shared definition (by identity, else by value: a new
+        factory, or new catalog defaults, build equal objects anew) and the
+        anchor. ``last_slot_at`` is beat's own progress, not an edit.
+        """
+        definition = self.definition_of(row)
+        if definition is not entry.definition and definition != entry.definition:
+            return False
+        return definition.interval is None or self.anchor_of(definition, row) == entry.anchor
+
+    def keep_only(self, live: Iterable[Entry]) -> None:
+        """Forget definitions no entry uses (they would pile up over months of edits)."""
+        used = {id(entry.definition) for entry in live}
+        self.definitions = {k: d for k, d in self.definitions.items() if id(d) in used}
 
     def _definition(self, key: tuple) -> Definition:
         (job, args, kwargs, queue, one_off, start_time, expires, c_minute, c_hour, c_dom, c_month,

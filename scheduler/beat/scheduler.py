@@ -21,8 +21,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connections
 from kombu.exceptions import OperationalError as BrokerError
 
-from jobs.client import warm_up_broker
-from scheduler.beat import dispatch
+from jobs.client import publish_outbox, warm_up_broker
 from scheduler.beat.engine import BeatEngine
 from scheduler.beat.lease import Lease, LeaseLost
 
@@ -86,7 +85,7 @@ class DatabaseBeat(Scheduler):
                 logger.warning("beat %s now LEADS (fencing token %s)", self.lease.holder, self.lease.token)
                 self.engine = self._new_engine()
                 warm_up_broker(self.app)
-                republished = dispatch.publish_outbox(self.app)
+                republished = publish_outbox(self.app)
                 if republished:
                     logger.warning("beat: published %d claimed runs left unpublished", republished)
                 self.engine.load()
@@ -119,7 +118,7 @@ class DatabaseBeat(Scheduler):
         """On shutdown: send what a stop interrupted after commit, then hand the lease over."""
         try:
             if self.engine is not None:
-                dispatch.publish_outbox(self.app)
+                publish_outbox(self.app)
                 self.engine.close()
             self.lease.release()
         except OUTAGES as exc:
