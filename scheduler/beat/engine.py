@@ -42,11 +42,13 @@ from scheduler.beat.dispatch import MISSED, RUN, PlannedSlot
 from scheduler.beat.entries import (
     Entry,
     EntryFactory,
+    enabled_id_range,
     ensure_policies,
     fetch_rows,
     fetch_rows_after,
     job_defaults,
 )
+from scheduler.beat.table import IdTable
 from scheduler.changes import ChangeFeed, ChangeListener
 from scheduler.models import CatchUp
 from scheduler.presence import flag_unserved
@@ -124,7 +126,7 @@ class BeatEngine:
         self.poll_interval = poll_interval
         self.fallback_poll_interval = fallback_poll_interval
         self.reconcile_interval = reconcile_interval
-        self.entries: dict[int, Entry] = {}
+        self.entries: IdTable[Entry] = IdTable()
         self.heap: list[Entry] = []
         self.retired_in_heap = 0
         self.feed = ChangeFeed()
@@ -147,7 +149,7 @@ class BeatEngine:
         self.feed.start_at_head()  # before reading: a concurrent edit is re-read, not lost
         ensure_policies(now)
         self.factory = EntryFactory(job_defaults())
-        self.entries.clear()
+        self.entries = IdTable(*enabled_id_range())
         self.heap.clear()
         self.retired_in_heap = 0
         self.reconciling = None
@@ -208,9 +210,9 @@ class BeatEngine:
         """Forget ``task_id``'s entry; it is skipped when it comes off the heap."""
         entry = self.entries.pop(task_id, None)
         if entry is not None:
-            entry.retired = True
             if entry.pending is not None:  # it is in the heap
                 self.retired_in_heap += 1
+            entry.retire()
         return entry
 
     def _compact_heap(self) -> None:
@@ -329,10 +331,11 @@ class BeatEngine:
                 )
                 following = skipped_to
             planned.extend(plan_due_slots(entry, slots, now))
-            entry.pending = None
             if following is not None and not entry.definition.one_off:
                 entry.wait_for(following)
                 heapq.heappush(heap, entry)
+            else:
+                entry.wait_for(None)
         return planned
 
     def tick(self, now: datetime | None = None) -> float:

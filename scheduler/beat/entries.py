@@ -17,6 +17,7 @@ from functools import lru_cache
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Count, Max
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -87,31 +88,42 @@ class Entry:
     its last claimed slot (read when the entry is built; the claim advances
     it), and everything identical across schedules lives in the shared
     ``definition``. Reconcile compares rows with ``definition`` and
-    ``anchor`` themselves, so no signature is kept either.
-    ``retired`` marks an entry replaced by an edit or removed; the engine
-    drops it when it comes off the heap.
+    ``anchor`` themselves, so no signature is kept either. An entry replaced
+    by an edit or removed is *retired* (its definition dropped); the engine
+    discards it when it comes off the heap.
 
     Entries are the heap's items themselves (no wrapping tuple: 100,000
     tuples and tie-breaker ints are ~10 MB), ordered by ``due_at`` and then
     ``task_id``. ``due_at`` must not change while the entry is in the heap.
+    Without jitter it is the pending slot itself; ``JitteredEntry`` keeps the
+    slot apart (most schedules have no jitter: one field less each).
     """
 
     task_id: int
-    definition: Definition
+    definition: Definition | None  # None once retired
     anchor: datetime | None = None  # intervals only
-    pending: datetime | None = None  # the slot this entry waits for in the heap
-    due_at: datetime | None = None  # when to dispatch ``pending``: the slot plus jitter
-    retired: bool = False
+    due_at: datetime | None = None  # when to dispatch the pending slot; None: not in the heap
 
     def __lt__(self, other: Entry) -> bool:
         if self.due_at == other.due_at:
             return self.task_id < other.task_id
         return self.due_at < other.due_at
 
-    def wait_for(self, slot: datetime) -> None:
-        """Make ``slot`` the pending one (call only while out of the heap)."""
-        self.pending = slot
-        self.due_at = self.dispatch_time(slot)
+    @property
+    def pending(self) -> datetime | None:
+        """The slot this entry waits for in the heap (None when it is not in it)."""
+        return self.due_at
+
+    @property
+    def retired(self) -> bool:
+        return self.definition is None
+
+    def retire(self) -> None:
+        self.definition = None
+
+    def wait_for(self, slot: datetime | None) -> None:
+        """Make ``slot`` the pending one, or none (call only while out of the heap)."""
+        self.due_at = slot
 
     def next_slot(self, after: datetime) -> datetime | None:
         """The first slot strictly after ``after``, within start_time/expires."""
@@ -130,13 +142,25 @@ class Entry:
             return None
         return slot
 
-    def dispatch_time(self, slot: datetime) -> datetime:
-        """When to dispatch ``slot``: the slot plus this entry's stable jitter."""
-        jitter = self.definition.jitter
-        if not jitter:
-            return slot
+
+@dataclass(slots=True, eq=False)
+class JitteredEntry(Entry):
+    """An entry whose dispatch is delayed by a stable jitter: it keeps its slot apart."""
+
+    slot: datetime | None = None
+
+    @property
+    def pending(self) -> datetime | None:
+        return self.slot
+
+    def wait_for(self, slot: datetime | None) -> None:
+        self.slot = slot
+        self.due_at = None if slot is None else slot + self.jitter_of(slot)
+
+    def jitter_of(self, slot: datetime) -> timedelta:
+        """A stable delay in [0, jitter s): the same for the same schedule and slot."""
         digest = hashlib.blake2b(f"{self.task_id}:{slot.isoformat()}".encode(), digest_size=4).digest()
-        return slot + timedelta(milliseconds=int.from_bytes(digest, "big") % (jitter * 1000))
+        return timedelta(milliseconds=int.from_bytes(digest, "big") % (self.definition.jitter * 1000))
 
 
 @lru_cache(maxsize=4096)
@@ -209,6 +233,12 @@ def fetch_rows(task_ids: Iterable[int] | None = None) -> Iterator[tuple]:
     return queryset.values_list(*ROW_FIELDS).iterator(chunk_size=5000)
 
 
+def enabled_id_range() -> tuple[int, int]:
+    """(highest id, count) of the enabled tasks: how to size beat's table of entries."""
+    found = PeriodicTask.objects.filter(enabled=True).aggregate(highest=Max("id"), count=Count("id"))
+    return found["highest"] or 0, found["count"]
+
+
 def fetch_rows_after(after_id: int, limit: int) -> Iterator[tuple]:
     """Up to ``limit`` enabled tasks with ids above ``after_id``, by ascending id (reconcile)."""
     if _raw_sql():
@@ -267,7 +297,8 @@ class EntryFactory:
         """The entry of ``row``, its last claimed slot, and when its schedule was created."""
         definition = self.definition_of(row)
         created = _from_epoch(row[CREATED]) or definition.not_before or timezone.now()
-        entry = Entry(task_id=row[0], definition=definition, anchor=self.anchor_of(definition, row, created))
+        kind = JitteredEntry if definition.jitter else Entry
+        entry = kind(task_id=row[0], definition=definition, anchor=self.anchor_of(definition, row, created))
         return entry, _from_epoch(row[LAST_SLOT]), created
 
     def definition_of(self, row: tuple) -> Definition:
