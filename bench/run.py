@@ -275,7 +275,7 @@ def table(results: dict[int, dict], env: list[str], seeds: dict[int, dict], burs
             f"{ratio(t['resync_s'] or (t['edit_tick_wall_ms'] or 0) / 1000, o['resync_step_s'])} |"
         )
         lines.append(
-            f"| {n_s} | ↳ periodic full resync: whole cycle ({fmt(o['resync_steps'])} ticks for ours) (s) "
+            f"| {n_s} | ↳ periodic full resync: whole cycle ({o['resync_steps'] or 0:.0f} ticks, ours) (s) "
             f"| {fmt(o['resync_s'])} | | |"
         )
         s = seeds.get(n, {})

@@ -144,6 +144,11 @@ CELERY_EVENT_SERIALIZER = "json"
 # Our run history (jobs.JobRun) is the result store; Celery results are not kept.
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
+# No result backend, so nothing to expire: without this, django-celery-beat's
+# stock scheduler (used during a migration to ours) adds a
+# ``celery.backend_cleanup`` task for a job outside our catalog, which our
+# validation refuses with an error at every start.
+CELERY_RESULT_EXPIRES = None
 CELERY_TIMEZONE = "UTC"
 CELERY_ENABLE_UTC = True
 # Redelivery is harmless (runs are claimed with a conditional UPDATE), so ack

@@ -255,6 +255,8 @@ def test_a_stock_beat_process_dispatches_and_syncs(service_env, logs_dir, redis_
         log = beat.log()
         assert returncode == 0, log[-4000:]
         assert "Message Error" not in log, log[-4000:]  # what an exception in the dispatch-time sync logs
+        # No result backend, no celery.backend_cleanup entry for our validation to refuse.
+        assert "backend_cleanup" not in log, log[-4000:]
         assert redis_client.llen(STOCK_QUEUE) >= 2
         for task in (valid, legacy):
             stored = PeriodicTask.objects.get(pk=task.pk)
