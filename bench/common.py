@@ -60,6 +60,15 @@ def bench_env(db_name: str, redis_db: int = REDIS_DB) -> dict[str, str]:
     return env
 
 
+def run_checked(args: list[str], env: dict[str, str], what: str, timeout: float) -> None:
+    """Run a bench step (a migrate, a seeding) in the repository; raise with its stderr if it fails."""
+    import subprocess
+
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
+
+
 def setup_django(db_name: str, redis_db: int = REDIS_DB) -> None:
     os.environ.update(bench_env(db_name, redis_db))
     if str(REPO) not in sys.path:

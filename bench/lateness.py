@@ -50,6 +50,7 @@ from common import (  # noqa: E402
     fmt,
     ratio,
     redis_client,
+    run_checked,
     setup_django,
 )
 
@@ -143,16 +144,7 @@ def one(engine: str, n: int, minutes: int, log) -> dict:
             if not worker.alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not start:\n{worker.tail()}")
             time.sleep(0.2)
-        seeded = subprocess.run(
-            [PYTHON, str(Path(__file__)), "seed", str(n)],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if seeded.returncode:
-            raise RuntimeError(f"seeding failed:\n{seeded.stderr[-3000:]}")
+        run_checked([PYTHON, str(Path(__file__)), "seed", str(n)], env, "seeding", 120)
         beat = Proc(
             "beat",
             celery(

@@ -45,6 +45,7 @@ from common import (  # noqa: E402
     fmt,
     ratio,
     redis_client,
+    run_checked,
     setup_django,
 )
 
@@ -429,16 +430,10 @@ def main() -> None:
         run_takeover_only(args, env, log)
         return
     create_database(SEED_DB)
-    migrate = subprocess.run(
-        [PYTHON, "manage.py", "migrate", "-v0"],
-        cwd=REPO,
-        env=bench_env(SEED_DB),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if migrate.returncode:
-        sys.exit(f"migrate failed:\n{migrate.stderr[-3000:]}")
+    try:
+        run_checked([PYTHON, "manage.py", "migrate", "-v0"], bench_env(SEED_DB), "migrate", 600)
+    except RuntimeError as exc:
+        sys.exit(str(exc))
     setup_django(SEED_DB)
     flush_bench_redis()
     markdown = ""

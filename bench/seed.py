@@ -233,13 +233,45 @@ def register_live_worker(queues: list[str], jobs: list[str]) -> bool:
     return True
 
 
+def create_alike_schedules(
+    n: int,
+    prefix: str,
+    job: str,
+    queue: str,
+    now: datetime,
+    anchor: datetime,
+    policy_queue: str = "",
+    **schedule,
+) -> None:
+    """``n`` schedules of ``job`` on one ``crontab=`` or ``interval=`` row, with their policies.
+
+    In bulk, so no signal runs: no validation, no change-log rows (the
+    seeded beat loads everything at start anyway).
+    """
+    from django_celery_beat.models import PeriodicTask
+
+    from scheduler.models import SchedulePolicy
+
+    tasks = PeriodicTask.objects.bulk_create(
+        [
+            PeriodicTask(
+                name=f"{prefix}-{i}", task=job, queue=queue, last_run_at=now, enabled=True, **schedule
+            )
+            for i in range(n)
+        ],
+        batch_size=5000,
+    )
+    SchedulePolicy.objects.bulk_create(
+        [SchedulePolicy(task_id=t.pk, anchor=anchor, queue=policy_queue) for t in tasks], batch_size=5000
+    )
+
+
 def seed_lateness(n: int, queue: str) -> None:
     """``n`` schedules ``* * * * *`` (UTC) of the probe job, for the lateness run."""
-    from django_celery_beat.models import CrontabSchedule, PeriodicTask
+    from django_celery_beat.models import CrontabSchedule
 
     from jobs.catalog import publish_catalog
     from jobs.models import JobDefinition
-    from scheduler.models import SchedulePolicy
 
     truncate_all()
     publish_catalog(worker="bench")
@@ -262,21 +294,7 @@ def seed_lateness(n: int, queue: str) -> None:
         every_minute = CrontabSchedule.objects.create(
             minute="*", hour="*", day_of_month="*", month_of_year="*", day_of_week="*", timezone="UTC"
         )
-        tasks = PeriodicTask.objects.bulk_create(
-            [
-                PeriodicTask(
-                    name=f"bench-late-{i}",
-                    task="bench.probe",
-                    crontab=every_minute,
-                    queue=queue,
-                    last_run_at=now,
-                    enabled=True,
-                )
-                for i in range(n)
-            ],
-            batch_size=5000,
-        )
-        SchedulePolicy.objects.bulk_create([SchedulePolicy(task_id=t.pk, anchor=now) for t in tasks])
+        create_alike_schedules(n, "bench-late", "bench.probe", queue, now, now, crontab=every_minute)
 
 
 def seed_every(n: int, seconds: int, queue: str) -> None:
@@ -285,10 +303,9 @@ def seed_every(n: int, seconds: int, queue: str) -> None:
     Slots lie on the epoch grid (anchor = now floored to ``seconds``), so a
     slot is on time iff its epoch is a multiple of ``seconds``.
     """
-    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+    from django_celery_beat.models import IntervalSchedule
 
     from jobs.catalog import publish_catalog
-    from scheduler.models import SchedulePolicy
 
     truncate_all()
     publish_catalog(worker="bench")
@@ -296,21 +313,7 @@ def seed_every(n: int, seconds: int, queue: str) -> None:
     anchor = datetime.fromtimestamp(now.timestamp() // seconds * seconds, UTC)
     with transaction.atomic():
         every = IntervalSchedule.objects.create(every=seconds, period=IntervalSchedule.SECONDS)
-        tasks = PeriodicTask.objects.bulk_create(
-            [
-                PeriodicTask(
-                    name=f"bench-every-{i}",
-                    task="heartbeat",
-                    interval=every,
-                    queue=queue,
-                    last_run_at=now,
-                    enabled=True,
-                )
-                for i in range(n)
-            ],
-            batch_size=5000,
-        )
-        SchedulePolicy.objects.bulk_create(
-            [SchedulePolicy(task_id=t.pk, anchor=anchor, queue=queue) for t in tasks], batch_size=5000
+        create_alike_schedules(
+            n, "bench-every", "heartbeat", queue, now, anchor, policy_queue=queue, interval=every
         )
     register_live_worker([queue], ["heartbeat"])

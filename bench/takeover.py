@@ -34,7 +34,6 @@ import os
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     PYTHON,
-    REPO,
     TAKEOVER_DB,
     TAKEOVER_QUEUE,
     TAKEOVER_REDIS_DB,
@@ -56,6 +54,7 @@ from common import (  # noqa: E402
     flush_bench_redis,
     fmt,
     redis_client,
+    run_checked,
     setup_django,
 )
 from lateness import Proc  # noqa: E402
@@ -107,30 +106,19 @@ def wait_for(what: str, probe, timeout: float, beats: list[Proc]):
 # --------------------------------------------------------------------------------------
 def prepare_database() -> None:
     create_database(TAKEOVER_DB)
-    migrate = subprocess.run(
-        [PYTHON, "manage.py", "migrate", "-v0"],
-        cwd=REPO,
-        env=bench_env(TAKEOVER_DB, TAKEOVER_REDIS_DB),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run_checked(
+        [PYTHON, "manage.py", "migrate", "-v0"], bench_env(TAKEOVER_DB, TAKEOVER_REDIS_DB), "migrate", 600
     )
-    if migrate.returncode:
-        raise RuntimeError(f"migrate failed:\n{migrate.stderr[-3000:]}")
 
 
 def seed_schedules(n: int) -> None:
     """Replace everything by ``n`` schedules every ``EVERY`` s (``seed.seed_every``, in a subprocess)."""
-    seeded = subprocess.run(
+    run_checked(
         [PYTHON, str(Path(__file__)), "seed", str(n)],
-        cwd=REPO,
-        env=bench_env(TAKEOVER_DB, TAKEOVER_REDIS_DB),
-        capture_output=True,
-        text=True,
-        timeout=120,
+        bench_env(TAKEOVER_DB, TAKEOVER_REDIS_DB),
+        "seeding",
+        120,
     )
-    if seeded.returncode:
-        raise RuntimeError(f"seeding failed:\n{seeded.stderr[-3000:]}")
 
 
 def leader_pid(conn) -> int | None:
