@@ -9,22 +9,17 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from jobs.catalog import publish_catalog
-from scheduler.beat.entries import entry_from_row, fetch_rows
 from scheduler.beat.lease import Lease
 from scheduler.models import SchedulePolicy, WorkerPresence
 from scheduler.presence import flag_unserved, record_worker
+from tests.support.schedules import every_minute_heartbeat_entry
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def entry():
-    publish_catalog(worker="tests")
-    interval = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.MINUTES)
-    task = PeriodicTask.objects.create(name="hb", task="heartbeat", interval=interval)
-    (row,) = fetch_rows([task.pk])
-    return entry_from_row(row, {"heartbeat": ("heartbeat", 30, 45)})
+    return every_minute_heartbeat_entry({"heartbeat": ("heartbeat", 30, 45)})
 
 
 def test_a_schedule_whose_job_no_live_worker_serves_is_flagged(entry):

@@ -55,6 +55,16 @@ def wait_until(probe: Callable[[], T | None], timeout: float, what: str) -> T:
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
+def wait_for_a_later_run_to_start(task, first: JobRun, timeout: float) -> JobRun:
+    return wait_until(
+        lambda: JobRun.objects.filter(
+            schedule=task, scheduled_for__gt=first.scheduled_for, started_at__isnull=False
+        ).first(),
+        timeout=timeout,
+        what="the run of a later slot has started",
+    )
+
+
 def terminate(run_ids: Iterable) -> None:
     for run_id in run_ids:
         app.control.revoke(str(run_id), terminate=True, signal="SIGTERM")
@@ -140,13 +150,7 @@ def test_a_newer_slot_terminates_the_running_run_and_runs_itself(replacing_sched
         timeout=10,
         what=f"the pool process {sleeping_pid} that ran the replaced run has exited",
     )
-    wait_until(
-        lambda: JobRun.objects.filter(
-            schedule=task, scheduled_for__gt=first.scheduled_for, started_at__isnull=False
-        ).first(),
-        timeout=EVERY_SECONDS + 5,
-        what="the run of a later slot has started",
-    )
+    wait_for_a_later_run_to_start(task, first, timeout=EVERY_SECONDS + 5)
 
     newest = assert_each_older_run_was_replaced(task)
     assert newest.scheduled_for > first.scheduled_for
@@ -191,13 +195,7 @@ def test_a_replaced_run_that_was_still_queued_never_starts(replacing_schedule, w
     )
     # Messages are taken in order: once a later slot's run has started, the
     # worker has already dealt with the replaced run's message.
-    wait_until(
-        lambda: JobRun.objects.filter(
-            schedule=task, scheduled_for__gt=first.scheduled_for, started_at__isnull=False
-        ).first(),
-        timeout=EVERY_SECONDS + 10,
-        what="the run of a later slot has started",
-    )
+    wait_for_a_later_run_to_start(task, first, timeout=EVERY_SECONDS + 10)
     assert_each_older_run_was_replaced(task)
     never_started = JobRun.objects.get(pk=first.pk)
     assert (never_started.status, never_started.started_at, never_started.attempt) == (

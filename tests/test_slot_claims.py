@@ -6,13 +6,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from jobs.catalog import publish_catalog
 from jobs.models import JobRun, OutboxBatch, RunStatus
 from scheduler.beat.dispatch import MISSED, PlannedSlot, claim_slots
-from scheduler.beat.entries import entry_from_row, fetch_rows
 from scheduler.models import Overlap
+from tests.support.schedules import every_minute_heartbeat_entry
 
 pytestmark = pytest.mark.django_db
 
@@ -21,11 +19,7 @@ SLOT = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def entry():
-    publish_catalog(worker="tests")
-    every_minute = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.MINUTES)
-    task = PeriodicTask.objects.create(name="hb", task="heartbeat", interval=every_minute)
-    (row,) = fetch_rows([task.pk])
-    return entry_from_row(row, {})
+    return every_minute_heartbeat_entry()
 
 
 def claim(entry, *slots, outcome="run"):

@@ -36,6 +36,18 @@ def make_interval_schedules(
     return ids
 
 
+def every_minute_heartbeat_entry(defaults: dict[str, tuple[str, int, int]] | None = None):
+    """A new heartbeat task every minute, and beat's ``Entry`` for it (catalog defaults: ``defaults``)."""
+    from jobs.catalog import publish_catalog
+    from scheduler.beat.entries import entry_from_row, fetch_rows
+
+    publish_catalog(worker="tests")
+    every_minute = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.MINUTES)
+    task = PeriodicTask.objects.create(name="hb", task="heartbeat", interval=every_minute)
+    (row,) = fetch_rows([task.pk])
+    return entry_from_row(row, defaults or {})
+
+
 def slots_by_schedule(task_ids) -> dict[int, list[datetime]]:
     slots: dict[int, list[datetime]] = defaultdict(list)
     for schedule_id, slot in JobRun.objects.filter(schedule_id__in=task_ids).values_list(
