@@ -40,6 +40,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from jobs import runs
+from jobs.catalog import describe_parameters
 from jobs.models import JobRun, RunStatus
 from scheduler.celery import app
 
@@ -64,19 +65,6 @@ class JobSpec:
 
 
 JOB_SPECS: dict[str, JobSpec] = {}
-
-
-def describe_parameters(fn: Callable[..., Any]) -> list[dict[str, Any]]:
-    """The function's signature as JSON, enough to check that arguments bind."""
-    return [
-        {
-            "name": p.name,
-            "kind": p.kind.name,
-            "required": p.default is inspect.Parameter.empty
-            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD),
-        }
-        for p in inspect.signature(fn).parameters.values()
-    ]
 
 
 def run_tags(run: JobRun) -> dict[str, str]:
