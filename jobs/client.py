@@ -4,7 +4,7 @@ Other services (an API, a management command) run jobs through ``dispatch``
 without importing worker code: the job's queue and default limits come from
 the catalog table, the one routing table workers publish. Every dispatch
 writes its ``JobRun`` first and publishes after commit, exactly like beat, so
-manual runs appear in the same history.
+manual runs appear in the same history, with their origin and who asked.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import logging
 import socket
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from django.conf import settings
@@ -23,8 +24,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs.catalog import validate_job_call
-from jobs.models import JobRun, OutboxBatch, RunStatus
+from jobs.models import JobRun, OutboxBatch, RunOrigin, RunStatus
 from scheduler.models import validate_time_limits
+
+if TYPE_CHECKING:
+    from django_celery_beat.models import PeriodicTask
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +157,33 @@ def publish_outbox(app: Celery, limit: int = 10_000, older_than: timedelta | Non
     return sent
 
 
+class Delivery(StrEnum):
+    """What became of a dispatched run's message; ``dispatch`` sets it as ``run.delivery``."""
+
+    AT_COMMIT = "at commit"  # the caller's transaction is still open: sent when it commits
+    SENT = "sent"  # the broker took it
+    OUTBOX = "outbox"  # the broker did not: it waits in the outbox, beat's leader sends it
+
+
 def _send_after_commit(app: Celery, run: JobRun, batch_id: int | None) -> None:
     try:
         send_batch(app, [run], batch_id)
     except Exception as exc:  # noqa: BLE001 (the run is committed: never make the caller retry it)
         logger.warning("run %s is queued but not sent yet (%s); beat sends it from the outbox", run.pk, exc)
+        run.delivery, run.delivery_error = Delivery.OUTBOX, str(exc) or type(exc).__name__
+    else:
+        run.delivery = Delivery.SENT
+
+
+def off_the_slot_grid(moment: datetime) -> datetime:
+    """``moment``, one microsecond later if it falls on a whole second.
+
+    Beat's slots of cron and interval schedules fall on whole seconds (cron
+    on minutes; intervals from an anchor in whole seconds), so a run by hand
+    at this moment can never hold (schedule, slot) under ``one_run_per_slot``
+    and make beat's claim of that slot a no-op.
+    """
+    return moment + timedelta(microseconds=1) if moment.microsecond == 0 else moment
 
 
 def warm_up_broker(app: Celery) -> None:
@@ -176,14 +202,33 @@ def dispatch(
     soft_time_limit: int | None = None,
     hard_time_limit: int | None = None,
     starting_deadline: int | None = None,
+    schedule: PeriodicTask | None = None,
+    origin: RunOrigin = RunOrigin.CLIENT,
+    requested_by: str = "",
 ) -> JobRun:
     """Validate, record and publish one run of ``job``; return its ``JobRun``.
 
     Raises ``ValidationError`` for an unknown job, arguments that do not bind,
-    or impossible limits; nothing is recorded or sent then.
+    or impossible limits; nothing is recorded or sent then. Unset queue and
+    limits are the job's defaults; a caller running a schedule passes the
+    schedule's own (``scheduler.services.run_schedules_now``).
+
+    ``schedule``: the run belongs to it (history, overlap policy) without
+    taking a slot: its ``scheduled_for`` is now, off beat's slot grid
+    (``off_the_slot_grid``), and its ``last_slot_at`` is not advanced.
+
+    The message is sent once the run commits, and ``run.delivery`` says how
+    that went: ``SENT``; ``OUTBOX`` when the broker could not take it
+    (``run.delivery_error`` says why): the run stays queued in the outbox and
+    the beat leader sends it within about a minute, so the caller must not
+    dispatch it again (it would run twice); ``AT_COMMIT`` while the caller's
+    own transaction is still open (the attribute changes at its commit).
+    A broker failure never raises.
     """
     from scheduler.celery import app
 
+    if origin == RunOrigin.BEAT:
+        raise ValueError("beat's runs are claimed slots (scheduler.beat.dispatch), not dispatches")
     args, kwargs = list(args or []), dict(kwargs or {})
     definition = validate_job_call(job, args, kwargs)
     soft = soft_time_limit or definition.soft_time_limit
@@ -193,6 +238,10 @@ def dispatch(
     deadline = starting_deadline or settings.JOB_DEFAULT_STARTING_DEADLINE
     run = JobRun(
         id=uuid.uuid4(),
+        schedule=schedule,
+        schedule_name=schedule.name[:200] if schedule is not None else "",
+        origin=origin,
+        requested_by=requested_by[:150],
         enqueued_at=now,
         job=job,
         args=args,
@@ -200,10 +249,11 @@ def dispatch(
         queue=queue or definition.queue,
         soft_time_limit=soft,
         hard_time_limit=hard,
-        scheduled_for=now,
+        scheduled_for=off_the_slot_grid(now) if schedule is not None else now,
         deadline=now + timedelta(seconds=deadline),
         status=RunStatus.QUEUED,
     )
+    run.delivery, run.delivery_error = Delivery.AT_COMMIT, ""
     with transaction.atomic():
         run.save(force_insert=True)
         batch_id = record_outbox([run.pk])

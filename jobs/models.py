@@ -5,6 +5,11 @@ the same transaction that claims the slot, and its primary key is the Celery
 task id, so every later step (start, retry, time limit, worker loss) finds the
 same row. The unique constraint on (schedule, scheduled_for) is what makes a
 slot run once, whatever number of beats or restarts.
+
+Runs dispatched through ``jobs.client.dispatch`` (``origin`` manual or
+client) are recorded the same way. One run by hand from a schedule names the
+schedule too; its ``scheduled_for`` is when it was asked for, never on a
+whole second, so it cannot take one of beat's slots (see ``dispatch``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,14 @@ class RunStatus(models.TextChoices):
     LOST = "lost"
     SKIPPED = "skipped"
     MISSED = "missed"
+
+
+class RunOrigin(models.TextChoices):
+    """Who started a run. Beat's claims write no origin and take the column's default."""
+
+    BEAT = "beat", "beat: a schedule's slot"
+    MANUAL = "manual", "manual: run now in the admin"
+    CLIENT = "client", "client: dispatched by a service (jobs.client.dispatch)"
 
 
 # A run in one of these states will not change again; a redelivered message
@@ -52,9 +65,24 @@ class JobRun(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="runs",
-        help_text="Empty for runs dispatched by hand or by another service.",
+        help_text="The schedule of a slot (beat) or of a run started by hand from it; "
+        "empty for runs another service dispatched by job name.",
     )
     schedule_name = models.CharField(max_length=200, blank=True)
+    # Database defaults, not Python ones: beat inserts its claims with raw SQL
+    # naming only its own columns (scheduler.beat.dispatch.INSERT_COLUMNS).
+    origin = models.CharField(
+        max_length=16,
+        choices=RunOrigin.choices,
+        db_default=RunOrigin.BEAT,
+        help_text="beat: a slot of the schedule; manual and client runs take no slot.",
+    )
+    requested_by = models.CharField(
+        max_length=150,
+        blank=True,
+        db_default="",
+        help_text="The admin user who ran it by hand (their username when they pressed it).",
+    )
     job = models.CharField(max_length=200)
     args = models.JSONField(default=list, blank=True)
     kwargs = models.JSONField(default=dict, blank=True)

@@ -8,16 +8,29 @@ time zone, or can never fire; an invalid page saves nothing.
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 from django_celery_beat.admin import CrontabScheduleAdmin as BeatCrontabAdmin
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.admin import PeriodicTaskForm as BeatPeriodicTaskForm
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from jobs.catalog import validate_job_call
+from jobs.models import JobRun
 from scheduler.models import SchedulePolicy
+from scheduler.services import (
+    EnabledChange,
+    RunsNow,
+    disable_schedules,
+    enable_schedules,
+    run_schedules_now,
+    toggle_schedules,
+)
 from scheduler.validation import validate_cron
 
 
@@ -88,10 +101,97 @@ class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
     list_display = (*BeatPeriodicTaskAdmin.list_display, "problem")
     list_select_related = ("policy", "interval", "crontab", "solar", "clocked")
 
+    # Ours, under django-celery-beat's names and labels. Its own used QuerySet.update()
+    # (no change-log row: beat heard of the edit at its next reconcile; no validation)
+    # and ran tasks with apply_async from this process (no record, no policy).
+    actions = ("enable_tasks", "disable_tasks", "toggle_tasks", "run_tasks")
+
     @admin.display(description="problem")
     def problem(self, task: PeriodicTask) -> str:
         policy = getattr(task, "policy", None)
         return policy.problem if policy else ""
+
+    @admin.action(description="Enable selected tasks", permissions=["change"])
+    def enable_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        self.report_enabled_change(request, enable_schedules(queryset), unchanged="Already enabled")
+
+    @admin.action(description="Disable selected tasks", permissions=["change"])
+    def disable_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        self.report_enabled_change(request, disable_schedules(queryset), unchanged="Already disabled")
+
+    @admin.action(description="Toggle activity of selected tasks", permissions=["change"])
+    def toggle_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        self.report_enabled_change(request, toggle_schedules(queryset), unchanged="Unchanged")
+
+    @admin.action(description="Run selected tasks", permissions=["change"])
+    def run_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        self.report_runs(request, run_schedules_now(queryset, requested_by=request.user.get_username()))
+
+    def report_enabled_change(self, request: HttpRequest, change: EnabledChange, unchanged: str) -> None:
+        if change.enabled:
+            self.message_user(request, f"Enabled {counted(change.enabled)}.", messages.SUCCESS)
+        if change.disabled:
+            self.message_user(
+                request,
+                f"Disabled {counted(change.disabled)}; beat stops firing them within a second.",
+                messages.SUCCESS,
+            )
+        if change.unchanged:
+            self.message_user(request, f"{unchanged}: {name_list(change.unchanged)}.", messages.INFO)
+        for name, why in change.refused:
+            self.message_user(
+                request,
+                f"“{name}” was not enabled, it does not pass validation: {why} "
+                "Fix it on its page, then enable it.",
+                messages.ERROR,
+            )
+
+    def report_runs(self, request: HttpRequest, runs: RunsNow) -> None:
+        if runs.sent:
+            self.message_user(
+                request,
+                format_html(
+                    "Started {} by hand: {}.",
+                    counted(runs.sent, "run"),
+                    format_html_join(", ", "{}", ((run_link(run),) for run in runs.sent)),
+                ),
+                messages.SUCCESS,
+            )
+        if runs.outbox:
+            self.message_user(
+                request,
+                format_html(
+                    "The broker did not answer ({}). {} recorded and kept in the outbox: {}. "
+                    "Beat sends {} as soon as the broker is back; do not run {} again, or {} twice.",
+                    runs.broker_error,
+                    counted(runs.outbox, "run") + (" is" if len(runs.outbox) == 1 else " are"),
+                    format_html_join(", ", "{}", ((run_link(run),) for run in runs.outbox)),
+                    *(("it", "it", "it runs") if len(runs.outbox) == 1 else ("them", "them", "they run")),
+                ),
+                messages.WARNING,
+            )
+        for name, why in runs.refused:
+            self.message_user(request, f"“{name}” was not run: {why}", messages.ERROR)
+
+
+def name_list(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(f"“{name}”" for name in names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def counted(items: list, noun: str = "schedule") -> str:
+    """How many, and which when ``items`` are names: '2 schedules: “a”, “b”', '1 run'."""
+    label = f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+    return f"{label}: {name_list(items)}" if items and isinstance(items[0], str) else label
+
+
+def run_link(run: JobRun) -> str:
+    return format_html(
+        '<a href="{}">{}</a> on queue {}',
+        reverse("admin:jobs_jobrun_change", args=[run.pk]),
+        f"“{run.schedule_name}”",
+        run.queue,
+    )
 
 
 class CrontabForm(forms.ModelForm):
