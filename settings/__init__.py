@@ -10,12 +10,13 @@ runs on SQLite (WAL mode) under ``var/`` and an embedded Redis server started by
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from settings.env import envbool, envfloat, envint, envstr
+from settings.env import envbool, envfloat, envheader, envint, envlist, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("VAR_DIR", str(BASE_DIR / "var")))
@@ -30,10 +31,28 @@ if not SECRET_KEY:
     SECRET_KEY = "dev-insecure-key-set-SECRET_KEY-in-production"  # noqa: S105
 
 # Loopback is always allowed: container health checks call http://127.0.0.1/healthz.
-ALLOWED_HOSTS = sorted(
-    {"127.0.0.1", "localhost"} | {h.strip() for h in envstr("ALLOWED_HOSTS").split(",") if h.strip()}
-)
-CSRF_TRUSTED_ORIGINS = [o.strip() for o in envstr("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+ALLOWED_HOSTS = sorted({"127.0.0.1", "localhost"} | set(envlist("ALLOWED_HOSTS")))
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS")
+
+# --- HTTPS ------------------------------------------------------------------------
+# A site served to any host beyond loopback, outside DEBUG, is a deployment and
+# must be HTTPS only: redirect, secure cookies, HSTS. The two local commands
+# (python3 run.py, python3 run.py test) serve http://127.0.0.1 with DEBUG=0 and
+# loopback hosts only, so they keep plain HTTP. Each setting can be set on its own.
+HTTPS = envbool("HTTPS", default=not DEBUG and bool(set(ALLOWED_HOSTS) - LOOPBACK_HOSTS))
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", default=HTTPS)
+# Docker's HEALTHCHECK calls http://127.0.0.1:8000/healthz from inside the container.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", default=HTTPS)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", default=HTTPS)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", default=False)
+# Behind a proxy that ends TLS, the header it sets on HTTPS requests (e.g.
+# X-Forwarded-Proto); without it every request looks like plain HTTP and the
+# redirect loops. The proxy must overwrite the header, never pass a client's on.
+SECURE_PROXY_SSL_HEADER = envheader("SECURE_PROXY_SSL_HEADER")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -42,6 +61,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "django_celery_beat",
     "scheduler",
     "jobs",
@@ -50,13 +70,44 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before sessions, CSRF and every view: nothing below sees a NUL byte.
+    "scheduler.middleware.RefuseNulBytesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a login refused for lockout into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# --- Login throttling (django-axes) -------------------------------------------------
+# After LOGIN_FAILURE_LIMIT wrong passwords for one username from one client
+# address, that pair is refused for LOGIN_LOCKOUT_MINUTES, even with the right
+# password; every further failure restarts the wait. A success resets the count.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "scheduler.lockout.lockout_response"
+AXES_VERBOSE = False  # no banner in every process; failures are still logged
+# The client address: REMOTE_ADDR, unless web sits behind REVERSE_PROXY_COUNT
+# proxies that each append to X-Forwarded-For. Then the client is the entry that
+# the first proxy appended; a chain of another length (a client that sent its
+# own X-Forwarded-For) counts as the nearest proxy's address, so a forged
+# header can neither pick an address nor escape a lockout.
+REVERSE_PROXY_COUNT = envint("REVERSE_PROXY_COUNT", 0, minimum=0)
+if REVERSE_PROXY_COUNT:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR")
+    # django-ipware counts the proxies named inside the header: all but the nearest one.
+    AXES_IPWARE_PROXY_COUNT = REVERSE_PROXY_COUNT - 1
+else:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
 
 ROOT_URLCONF = "scheduler.urls"
 WSGI_APPLICATION = "scheduler.wsgi.application"

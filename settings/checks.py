@@ -2,7 +2,7 @@
 
 Each one guards a platform guarantee: UTC storage (slots are compared in UTC),
 JSON-only messages (a pickle on the broker is code execution), and a broker URL
-that a worker can actually use.
+that a worker can actually use, named without its password.
 """
 
 from __future__ import annotations
@@ -59,11 +59,13 @@ def check_json_only_serializers(app_configs=None, **kwargs):
 @register()
 def check_broker_url(app_configs=None, **kwargs):
     url = getattr(settings, "CELERY_BROKER_URL", "")
-    scheme = urlparse(url).scheme
+    # Only the scheme is shown: the rest of the URL may hold a password.
+    scheme = urlparse(url).scheme if "://" in url else ""
     if scheme not in SUPPORTED_BROKER_SCHEMES:
+        shown = f"scheme {scheme!r}" if scheme else "no scheme (no '://')"
         return [
             Error(
-                f"the broker URL {url!r} is not a Redis or RabbitMQ URL",
+                f"the broker URL has {shown}, not a Redis or RabbitMQ one",
                 hint="Set REDIS_URL=redis://host:6379/0 or BROKER_URL=amqp://user:pass@host//",
                 id="scheduler.E005",
             )
@@ -79,6 +81,21 @@ def check_secret_key_is_set(app_configs=None, **kwargs):
                 "SECRET_KEY is the development default",
                 hint="Set SECRET_KEY (or SECRET_KEY_FILE) in production.",
                 id="scheduler.W001",
+            )
+        ]
+    return []
+
+
+@register(deploy=True)
+def check_proxy_tells_https(app_configs=None, **kwargs):
+    if settings.SECURE_SSL_REDIRECT and settings.REVERSE_PROXY_COUNT and not settings.SECURE_PROXY_SSL_HEADER:
+        return [
+            Warning(
+                "web is behind a proxy (REVERSE_PROXY_COUNT) and redirects to HTTPS, "
+                "but SECURE_PROXY_SSL_HEADER is not set",
+                hint="A proxy that ends TLS forwards plain HTTP, so every request would redirect again: "
+                "set SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto (the header your proxy sets).",
+                id="scheduler.W002",
             )
         ]
     return []

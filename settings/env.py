@@ -9,6 +9,7 @@ mounted) instead of ``NAME``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -61,3 +62,29 @@ def envfloat(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+
+
+def envlist(name: str) -> list[str]:
+    """A comma-separated list; blanks around items and empty items are dropped."""
+    return [item.strip() for item in envstr(name).split(",") if item.strip()]
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def envheader(name: str, default_value: str = "https") -> tuple[str, str] | None:
+    """An HTTP header and its value as Django's ``request.META`` spells them, or None when unset.
+
+    ``X-Forwarded-Proto`` gives ``("HTTP_X_FORWARDED_PROTO", "https")``;
+    ``X-Forwarded-Ssl: on`` gives ``("HTTP_X_FORWARDED_SSL", "on")``.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    header, _, value = raw.partition(":")
+    header, value = header.strip(), value.strip() or default_value
+    if not _HEADER_NAME.match(header):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a header name: use e.g. X-Forwarded-Proto or 'X-Forwarded-Ssl: on'"
+        )
+    return "HTTP_" + header.upper().replace("-", "_"), value
