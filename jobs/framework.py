@@ -8,7 +8,15 @@ Celery task that:
   limits, and a retry policy (exponential backoff with full jitter);
 - moves its ``JobRun`` to ``running`` with a conditional UPDATE before the job
   body runs, so a redelivered message of a finished run is acknowledged and
-  ignored, and a message started after its deadline is recorded ``missed``;
+  ignored, and a message started after its deadline is recorded ``missed``.
+  A message redelivered while its attempt still runs (unacknowledged past
+  Redis's visibility timeout) is ignored too, with a warning; one whose
+  attempt died is retried or recorded ``lost`` (``jobs.runs.start_run``).
+  A message that does not run its job raises ``Ignore``: Celery acknowledges
+  it and records no result, success or failure for it;
+- records a pool process that died under the job from the worker's main
+  process (``JobRequest``), before the message is requeued: ``retrying`` or
+  ``lost``;
 - records ``succeeded`` / ``failed`` / ``retrying`` / ``soft_timeout`` from the
   child, and ``hard_timeout`` from the worker's main process (the child was
   killed and cannot write);
@@ -31,12 +39,15 @@ from datetime import timedelta
 from typing import Any
 
 import sentry_sdk
-from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from billiard.einfo import ExceptionWithTraceback
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from celery import Task, signals
 from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.time import get_exponential_backoff_interval
+from celery.worker import state as worker_state
+from celery.worker.request import Request
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from jobs import runs
@@ -89,9 +100,75 @@ def report_to_sentry(run: JobRun, exc: BaseException, *, timeout: str | None = N
         sentry_sdk.capture_exception(exc)
 
 
+class JobRequest(Request):
+    """A job's message in the worker's main process: what Celery does, plus two records.
+
+    - Its pool process died (``WorkerLostError``): Celery requeues the
+      message (late ack, reject on worker loss). First, the run is recorded
+      ``retrying`` or ``lost`` (``jobs.runs.record_lost_process``), because
+      the worker is alive and its copy would otherwise take the attempt for
+      alive and ignore it.
+    - A copy of the message ignored on this worker while the attempt runs
+      here: Celery's bookkeeping finds requests by id, and the copy's end
+      removed the id, so ``revoke --terminate`` would answer "unknown" for
+      the attempt. The attempt's request is put back.
+    """
+
+    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if self._pool_process_died(exc) and self._twin() is None:
+            self._record_lost_process(exc)
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        if isinstance(exc, Ignore) and (twin := self._twin()) is not None:
+            worker_state.requests[self.id] = twin
+
+    def on_timeout(self, soft, timeout):
+        # Celery calls the task's on_failure for a hard limit without its
+        # request: push it, so on_failure knows this worker's hostname.
+        self.task.request_stack.push(self._context)
+        try:
+            super().on_timeout(soft, timeout)
+        finally:
+            self.task.request_stack.pop()
+
+    def _pool_process_died(self, exc: BaseException) -> bool:
+        if isinstance(exc, WorkerLostError):
+            return True
+        # Celery's own rule: billiard may report the exit itself.
+        return isinstance(exc, SystemExit | KeyboardInterrupt) and not (
+            self._already_cancelled or self._already_revoked
+        )
+
+    def _twin(self) -> Request | None:
+        """Another request with this id running on this worker: the attempt, or a copy of its message."""
+        return next((r for r in worker_state.active_requests if r.id == self.id and r is not self), None)
+
+    def _record_lost_process(self, exc: BaseException) -> None:
+        close_old_connections()  # the main process may have sat idle past CONN_MAX_AGE
+        try:
+            recorded = runs.record_lost_process(
+                self.id,
+                worker=self.hostname or "",
+                max_attempts=(self.task.max_retries or 0) + 1,
+                reason=str(exc),
+            )
+        except DatabaseError:
+            logger.exception(
+                "%s[%s]: its pool process died; the run could not be recorded", self.name, self.id
+            )
+            return
+        if recorded is not None:
+            logger.warning(
+                "%s[%s]: its pool process died (%s); run recorded %s", self.name, self.id, exc, recorded
+            )
+
+
 class JobTask(Task):
     """Base class of every job; see the module docstring for its guarantees."""
 
+    Request = "jobs.framework:JobRequest"
     acks_late = True
     reject_on_worker_lost = True
     retry_backoff_seconds: int = 2
@@ -102,7 +179,7 @@ class JobTask(Task):
         if request.called_directly:
             return self.run(*args, **kwargs)
         delivery = request.delivery_info or {}
-        run = runs.start_run(
+        started = runs.start_run(
             request.id,
             job=self.name,
             attempt=request.retries + 1,
@@ -113,9 +190,16 @@ class JobTask(Task):
             redelivered=bool(delivery.get("redelivered")),
             max_attempts=(self.max_retries or 0) + 1,
         )
-        if run is None:
-            logger.info("%s[%s]: finished, running elsewhere or expired; ignored", self.name, request.id)
-            return None
+        if isinstance(started, runs.NotStarted):
+            logger.log(
+                logging.WARNING if started.warning else logging.INFO,
+                "%s[%s]: %s; message acknowledged, job not run",
+                self.name,
+                request.id,
+                started.reason,
+            )
+            raise Ignore()
+        run = started
         try:
             result = self.run(*args, **kwargs)
         except CONTROL_FLOW:
@@ -145,7 +229,10 @@ class JobTask(Task):
         """Runs in the worker's main process for a hard time limit."""
         if isinstance(exc, TimeLimitExceeded):
             run = runs.record_from_main_process(
-                task_id, RunStatus.HARD_TIMEOUT, runs.RunError.from_exception(exc)
+                task_id,
+                RunStatus.HARD_TIMEOUT,
+                runs.RunError.from_exception(exc),
+                worker=self.request.hostname or "",
             )
             if run is not None:
                 report_to_sentry(run, exc, timeout="hard")
@@ -218,7 +305,8 @@ def record_revoked_run(
                 message=f"{how} while running (revoked with terminate=True)",
                 traceback="",
             )
-            ended = runs.record_from_main_process(run_id, RunStatus.FAILED, error) is not None
+            worker = getattr(request, "hostname", "") or ""
+            ended = runs.record_from_main_process(run_id, RunStatus.FAILED, error, worker=worker) is not None
             recorded = "failed"
     if ended:
         logger.warning("%s[%s]: %s; run recorded %s", job_name, run_id, how, recorded)

@@ -4,6 +4,11 @@ Every transition names the states it may start from and checks the row count,
 so two processes racing on one run (a redelivered message, a worker's main
 process recording a hard timeout while the child still reports) never both
 win: the loser sees 0 rows and steps aside. No read-then-write.
+
+An attempt writes only its own ending: the guard names the attempt number and
+the worker as well as the state. A record of ``lost`` is a conclusion drawn
+by another process (the worker looked dead); the attempt's real ending, if it
+comes, replaces it. Nothing replaces a real ending.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from jobs.models import STARTABLE_STATUSES, JobRun, RunStatus
+from scheduler.presence import attempt_is_alive
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,37 @@ def _millis(later: datetime, earlier: datetime) -> int:
     return int((later - earlier).total_seconds() * 1000)
 
 
+@dataclass(frozen=True)
+class NotStarted:
+    """Why a message does not run its run: it is acknowledged and the job is not called.
+
+    ``warning``: something an operator should fix or know; ``reason`` says what.
+    """
+
+    reason: str
+    warning: bool = False
+
+
+def this_attempt(run: JobRun) -> Q:
+    """The run's row while it is still ``run``'s attempt: running it, or recorded lost from it.
+
+    ``lost`` was written by another process that took the attempt for dead (a
+    redelivered message while its worker looked gone); if the attempt reports
+    its own end, that end is the truth. Any other state (an ending, a later
+    attempt of a takeover, a retry) is not this attempt's to change.
+    """
+    return Q(status__in=(RunStatus.RUNNING, RunStatus.LOST), attempt=run.attempt, worker=run.worker)
+
+
+def _unless_replacing_lost(field: str) -> Case:
+    """Keep ``field`` as it is, blank when the row was ``lost``: that error was not the attempt's."""
+    return Case(
+        When(status=RunStatus.LOST, then=Value("")),
+        default=F(field),
+        output_field=JobRun._meta.get_field(field),
+    )
+
+
 def run_pk(run_id: Any) -> uuid.UUID | None:
     """The run's primary key, or ``None`` for a task id that cannot be one (plain Celery)."""
     try:
@@ -79,18 +117,35 @@ def start_run(
     redelivered: bool = False,
     max_attempts: int = 1,
     now: datetime | None = None,
-) -> JobRun | None:
-    """Move a run to ``running`` and return it, or return ``None`` if it must not run.
+) -> JobRun | NotStarted:
+    """Move a run to ``running`` and return it, or say why this message must not run it.
 
-    ``None`` means: the run already finished or is running elsewhere (a
-    duplicate message, acknowledged and ignored), or its starting deadline
-    passed (recorded as ``missed``). A message with no run row (sent by plain
-    Celery, not through beat or the client) gets one, scheduled for now.
+    Not started: the run already ended or runs elsewhere (a duplicate
+    message), or its starting deadline passed (recorded ``missed``). A message
+    with no run row (sent by plain Celery, not through beat or the client)
+    gets one, scheduled for now.
 
-    A *redelivered* message for a run still marked ``running`` means the
-    worker running it died (the broker gave the unacked message back): that
-    attempt is lost. The run starts again as the next attempt if the job's
-    retry policy allows, else it is recorded ``lost``.
+    A *redelivered* message for a run still ``running`` is the broker giving
+    back a message nobody acknowledged, and that means one of two things:
+
+    - the attempt is dead: its worker stopped publishing presence, or was
+      restarted under the same hostname since the attempt started. The run
+      starts again as the next attempt if the job's retry policy allows, else
+      it is recorded ``lost``;
+    - the attempt is alive (its worker publishes presence, from the process
+      that started it): the message was only unacknowledged for longer than
+      the broker's visibility timeout (Redis). This copy is not run, with a
+      warning; the attempt ends as it ends.
+
+    The choice is made inside the takeover's UPDATE, so a takeover never
+    wins against a live attempt. A pool process that died under a live main
+    process is recorded by that main process before it requeues the message
+    (``record_lost_process``), so its copy finds the run ``retrying`` or
+    ``lost``, not ``running``.
+
+    Attempts are numbered from the record: one more than the run's last, at
+    least the message's own count, so the retry of a lost attempt (the same
+    message, requeued) is a new attempt.
     """
     now = now or timezone.now()
     run_uuid = run_pk(run_id) or uuid.uuid4()
@@ -106,31 +161,41 @@ def start_run(
             "status": RunStatus.QUEUED,
         },
     )
-    if run.status == RunStatus.RUNNING and redelivered:
-        return _take_over_lost_attempt(run, worker=worker, max_attempts=max_attempts, now=now)
+    if run.status == RunStatus.RUNNING:
+        if redelivered:
+            return _take_over_lost_attempt(run, worker=worker, max_attempts=max_attempts, now=now)
+        return NotStarted(f"its run is already running (attempt {run.attempt} on {run.worker or '?'})")
     if run.status not in STARTABLE_STATUSES:
-        return None
+        return NotStarted(f"its run already ended ({run.status})")
     if run.deadline is not None and now > run.deadline:
         record_missed(run.pk, run.deadline.isoformat(), now=now)
-        return None
+        return NotStarted(f"not started by its deadline {run.deadline.isoformat()}; run recorded missed")
     changed = {
         "status": RunStatus.RUNNING,
         "started_at": now,
-        "attempt": attempt,
+        "attempt": max(attempt, run.attempt + 1),
         "worker": worker[:255],
         "lateness_ms": _millis(now, run.scheduled_for),
         "enqueued_at": run.enqueued_at or now,
     }
     won = JobRun.objects.filter(pk=run.pk, status__in=STARTABLE_STATUSES).update(**changed)
     if not won:
-        return None  # another delivery of this message got there first
+        return NotStarted("another delivery of its message started it first")
     for field, value in changed.items():
         setattr(run, field, value)
     return run
 
 
-def _take_over_lost_attempt(run: JobRun, *, worker: str, max_attempts: int, now: datetime) -> JobRun | None:
-    lost = f"attempt {run.attempt} was lost: its worker {run.worker or '?'} died while running it"
+def _take_over_lost_attempt(
+    run: JobRun, *, worker: str, max_attempts: int, now: datetime
+) -> JobRun | NotStarted:
+    dead = JobRun.objects.filter(
+        pk=run.pk, status=RunStatus.RUNNING, attempt=run.attempt, worker=run.worker
+    ).exclude(attempt_is_alive(now))
+    lost = (
+        f"attempt {run.attempt} was lost: its worker {run.worker or '?'} died or was restarted "
+        "while running it"
+    )
     if run.attempt < max_attempts:
         changed = {
             "attempt": run.attempt + 1,
@@ -139,22 +204,82 @@ def _take_over_lost_attempt(run: JobRun, *, worker: str, max_attempts: int, now:
             "error_type": "WorkerLostError",
             "error_message": lost,
         }
-        won = JobRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING, attempt=run.attempt).update(
-            **changed
-        )
-        if not won:
-            return None
-        for field, value in changed.items():
-            setattr(run, field, value)
-        return run
-    JobRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING, attempt=run.attempt).update(
+        if dead.update(**changed):
+            for field, value in changed.items():
+                setattr(run, field, value)
+            return run
+    elif dead.update(
         status=RunStatus.LOST,
         finished_at=now,
         duration_ms=max(0, _millis(now, run.started_at)) if run.started_at else None,
         error_type="WorkerLostError",
         error_message=lost,
+    ):
+        return NotStarted(f"{lost}; run recorded lost", warning=True)
+    current = JobRun.objects.filter(pk=run.pk).values("status", "attempt", "worker").first()
+    if current != {"status": RunStatus.RUNNING, "attempt": run.attempt, "worker": run.worker}:
+        return NotStarted(f"its run changed meanwhile (now {current})")
+    return NotStarted(_still_running(run, now), warning=True)
+
+
+def _still_running(run: JobRun, now: datetime) -> str:
+    """The warning for a copy of a message whose attempt is alive: what happened and the fix."""
+    ran_for = f", for {int((now - run.started_at).total_seconds())} s" if run.started_at else ""
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
+    hard = f" (this run's is {run.hard_time_limit} s)" if run.hard_time_limit else ""
+    return (
+        f"redelivered after the visibility timeout while attempt {run.attempt} still runs on "
+        f"{run.worker}{ran_for}; this copy is not run, the attempt ends as it ends. Raise "
+        f"BROKER_VISIBILITY_TIMEOUT (now {timeout} s) above the longest hard time limit{hard}, "
+        "with room for the time a message waits in a worker before it starts"
     )
-    return None
+
+
+def record_lost_process(
+    run_id: Any, *, worker: str, max_attempts: int, reason: str, now: datetime | None = None
+) -> RunStatus | None:
+    """Record that the pool process running a run on ``worker`` died; return what was written.
+
+    Written by the worker's main process, which saw its pool process die
+    (``WorkerLostError``: killed, out of memory), before it gives the message
+    back to the broker (late ack, reject on worker loss). The copy then finds
+    the attempt over; it would otherwise find the run ``running`` on a worker
+    that still publishes presence, and take the attempt for alive.
+
+    ``retrying`` when the job's retry policy allows another attempt (the
+    redelivered copy starts it, as the next attempt), else ``lost``. ``None``,
+    and nothing written, when the run is not running on ``worker`` (it ended,
+    was taken over, or this was an ignored copy of its message).
+    """
+    run_uuid = run_pk(run_id)
+    if run_uuid is None:
+        return None
+    now = now or timezone.now()
+    worker = worker[:255]
+    run = JobRun.objects.filter(pk=run_uuid, status=RunStatus.RUNNING, worker=worker).first()
+    if run is None:
+        return None
+    running_here = JobRun.objects.filter(
+        pk=run.pk, status=RunStatus.RUNNING, attempt=run.attempt, worker=worker
+    )
+    lost = f"attempt {run.attempt} was lost: its pool process on {worker} died ({reason})"
+    if run.attempt < max_attempts:
+        won = running_here.update(
+            status=RunStatus.RETRYING,
+            error_type="WorkerLostError",
+            error_message=f"{lost}; its message goes back to the queue for attempt {run.attempt + 1}",
+            traceback="",
+        )
+        return RunStatus.RETRYING if won else None
+    won = running_here.update(
+        status=RunStatus.LOST,
+        finished_at=now,
+        duration_ms=max(0, _millis(now, run.started_at)) if run.started_at else None,
+        error_type="WorkerLostError",
+        error_message=lost,
+        traceback="",
+    )
+    return RunStatus.LOST if won else None
 
 
 def finish_run(
@@ -165,22 +290,33 @@ def finish_run(
     result: Any = None,
     now: datetime | None = None,
 ) -> bool:
-    """Record the end of a running run; ``False`` if it was no longer running."""
+    """Record how ``run``'s attempt ended; ``False`` if the record is no longer this attempt's.
+
+    Wins from ``running``, and from ``lost`` recorded for this same attempt
+    (same number, same worker) while it was in fact still running: the real
+    ending replaces the conclusion, and the lost error is cleared. Never wins
+    over another ending or a later attempt (``this_attempt``).
+    """
     now = now or timezone.now()
     fields: dict[str, Any] = {"status": status, "finished_at": now}
     if run.started_at is not None:
         fields["duration_ms"] = max(0, _millis(now, run.started_at))
     if error is not None:
         fields.update(error_type=error.type, error_message=error.message, traceback=error.traceback)
+    else:
+        fields.update({name: _unless_replacing_lost(name) for name in ("error_type", "error_message")})
     if result is not None:
         fields["result"] = summarize_result(result)
-    return bool(JobRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(**fields))
+    return bool(JobRun.objects.filter(this_attempt(run), pk=run.pk).update(**fields))
 
 
 def mark_retrying(run: JobRun, error: RunError, retry_at: datetime) -> bool:
+    """Record that ``run``'s attempt failed and the job retries; from ``this_attempt`` only."""
     return bool(
-        JobRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+        JobRun.objects.filter(this_attempt(run), pk=run.pk).update(
             status=RunStatus.RETRYING,
+            finished_at=None,
+            duration_ms=None,
             error_type=error.type,
             error_message=f"{error.message} (retry at {retry_at.isoformat()})",
             traceback=error.traceback,
@@ -224,13 +360,19 @@ def record_missed(run_id: Any, deadline: str, *, now: datetime | None = None) ->
     )
 
 
-def record_from_main_process(run_id: str, status: RunStatus, error: RunError) -> JobRun | None:
+def record_from_main_process(
+    run_id: str, status: RunStatus, error: RunError, *, worker: str = ""
+) -> JobRun | None:
     """Record how a running run ended, written by the worker's main process.
 
-    For a hard timeout, a lost worker or a termination by revoke: the child
-    that ran the job was killed, so it cannot write anything; this is the only
-    record of how the run ended. Returns the run, or ``None`` when the run was
-    not running (already recorded, not started, or unknown).
+    For a hard timeout or a termination by revoke: the child that ran the job
+    was killed, so it cannot write anything; this is the only record of how
+    the run ended. Returns the run, or ``None`` when the run was not running
+    (already recorded, not started, or unknown).
+
+    With ``worker`` (the main process's hostname), a run recorded ``lost``
+    while it ran on that worker is ended too: the attempt was alive after all,
+    and this is its real end.
     """
     now = timezone.now()
     run_uuid = run_pk(run_id)
@@ -246,7 +388,10 @@ def record_from_main_process(run_id: str, status: RunStatus, error: RunError) ->
     }
     if run.started_at is not None:
         fields["duration_ms"] = max(0, _millis(now, run.started_at))
-    updated = JobRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(**fields)
+    ended_here = Q(status=RunStatus.RUNNING)
+    if worker:
+        ended_here |= Q(status=RunStatus.LOST, attempt=run.attempt, worker=worker[:255])
+    updated = JobRun.objects.filter(ended_here, pk=run.pk).update(**fields)
     if not updated:
         return None
     for field, value in fields.items():

@@ -5,6 +5,11 @@ Each worker's main process writes its row at start and every
 older than ``LIVE_SECONDS`` is a dead worker. Beat compares every schedule's
 (queue, job) with what live workers serve and writes a ``problem`` on the
 schedule's policy instead of letting its messages pile up unnoticed.
+
+The row also says when its process started (``PROCESS_STARTED_AT``), so a
+run's attempt can be told alive (:func:`attempt_is_alive`): its worker still
+publishes presence *and* is the process that started it, not a successor
+restarted under the same hostname after a crash.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from django.db import DatabaseError, close_old_connections
+from django.db import close_old_connections
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from jobs.client import chunks
@@ -25,11 +31,23 @@ logger = logging.getLogger(__name__)
 REFRESH_SECONDS = 30
 LIVE_SECONDS = 90
 
+# When this process started, as far as attempts are concerned. jobs.runs (so
+# jobs.framework) imports this module, and a worker's main process imports the
+# jobs before its pool forks: every attempt this worker starts starts after
+# this instant, and every attempt of a previous process under its hostname
+# started before it.
+PROCESS_STARTED_AT = datetime.now(UTC)
+
 
 def record_worker(hostname: str, queues: list[str], jobs: list[str]) -> None:
     WorkerPresence.objects.update_or_create(
         hostname=hostname,
-        defaults={"queues": sorted(queues), "jobs": sorted(jobs), "last_seen_at": timezone.now()},
+        defaults={
+            "queues": sorted(queues),
+            "jobs": sorted(jobs),
+            "last_seen_at": timezone.now(),
+            "started_at": PROCESS_STARTED_AT,
+        },
     )
 
 
@@ -38,13 +56,38 @@ def forget_worker(hostname: str) -> None:
 
 
 def keep_presence_fresh(hostname: str, queues: list[str], jobs: list[str], stop: threading.Event) -> None:
-    """Loop of the worker's presence thread."""
+    """Loop of the worker's presence thread.
+
+    It outlives any error: a thread stopped silently would make this worker's
+    running attempts look dead to a redelivered message.
+    """
     while not stop.wait(REFRESH_SECONDS):
         try:
             close_old_connections()
             record_worker(hostname, queues, jobs)
-        except DatabaseError as exc:
+        except Exception as exc:
             logger.warning("worker presence not refreshed: %s", exc)
+
+
+def attempt_is_alive(now: datetime | None = None) -> Exists:
+    """For a filter on ``JobRun``: its running attempt's worker is alive and is the one that started it.
+
+    True when the run's ``worker`` publishes presence (seen within
+    ``LIVE_SECONDS``) from a process that started no later than the attempt
+    (``started_at``). False for a worker that stopped publishing (dead, or
+    shut down: the row is deleted), for one restarted under the same hostname
+    since, and for a row that does not say when its process started. Not
+    covered: a pool process that died under a live main process; that worker
+    records it itself (``jobs.runs.record_lost_process``).
+    """
+    now = now or timezone.now()
+    return Exists(
+        WorkerPresence.objects.filter(
+            hostname=OuterRef("worker"),
+            last_seen_at__gte=now - timedelta(seconds=LIVE_SECONDS),
+            started_at__lte=OuterRef("started_at"),
+        )
+    )
 
 
 def served_pairs(now=None) -> set[tuple[str, str]]:

@@ -38,7 +38,11 @@ def test_a_message_for_a_finished_run_is_acknowledged_and_ignored(worker, catalo
     JobRun.objects.filter(pk=run.pk).update(status=RunStatus.QUEUED)  # publish_runs sends queued runs only
     publish_runs(app, [JobRun.objects.get(pk=run.pk)])
     JobRun.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED)
-    worker.wait_for_log(f"heartbeat[{run.pk}]: finished, running elsewhere or expired; ignored", timeout=30)
+    worker.wait_for_log(
+        f"heartbeat[{run.pk}]: its run already ended (succeeded); message acknowledged, job not run",
+        timeout=30,
+    )
+    worker.wait_for_log(f"Task heartbeat[{run.pk}] ignored", timeout=10)  # Celery records no second end
 
     again = JobRun.objects.get(pk=run.pk)
     assert (again.status, again.attempt, again.started_at) == (
@@ -73,6 +77,10 @@ def test_a_run_whose_worker_child_dies_is_recorded_lost(worker, catalog, clean_q
     run = wait_for_run(run.pk, timeout=60)
     assert run.status == RunStatus.LOST
     assert run.error_type == "WorkerLostError"
+    # Recorded by the worker's main process, which saw its pool process die;
+    # the requeued message then found the run ended and was not run again.
+    assert "its pool process on" in run.error_message
+    worker.wait_for_log(f"diagnostics.sleep[{run.pk}]: its run already ended (lost)", timeout=30)
     assert worker.process.poll() is None
     time.sleep(1)
     assert wait_for_run(dispatch("heartbeat").pk, timeout=45).status == RunStatus.SUCCEEDED
