@@ -140,7 +140,7 @@ def strict_json_loads(text: str) -> Any:
     """``json.loads`` that refuses what strict JSON (RFC 8259, PostgreSQL's jsonb) refuses.
 
     Python's parser accepts ``NaN``, ``Infinity`` and ``-Infinity`` and keeps
-    ``"\\u0000"`` in strings; jsonb refuses all of them, so a run carrying
+    ``"\\u0000"`` and lone surrogates in strings; jsonb refuses all of them, so a run carrying
     one cannot even be recorded. Raises ``json.JSONDecodeError`` for syntax
     and ``NotStrictJson`` for those values.
     """
@@ -156,8 +156,16 @@ def check_strict_json(value: Any) -> None:
         item = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
             raise NotStrictJson(f"{item} is not a JSON number (strict JSON has no NaN or Infinity)")
-        if isinstance(item, str) and "\x00" in item:
-            raise NotStrictJson("a string holds a NUL character (\\u0000), which JSON stores cannot keep")
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise NotStrictJson("a string holds a NUL character (\\u0000), which JSON stores cannot keep")
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise NotStrictJson(
+                        "a string holds a lone surrogate (\\ud800-\\udfff), which is not text"
+                    ) from None
         if isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())

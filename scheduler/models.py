@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import uuid
 
-from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
+
+from scheduler.validation import validate_policy, validate_time_limits
+
+__all__ = ["validate_time_limits"]  # re-exported: dispatch checks its limits with it
 
 
 class CatchUp(models.TextChoices):
@@ -86,22 +89,10 @@ class SchedulePolicy(models.Model):
         return f"policy of {self.task_id}"
 
     def clean(self) -> None:
-        validate_time_limits(self.soft_time_limit, self.hard_time_limit)
-
-
-def validate_time_limits(soft: int | None, hard: int | None) -> None:
-    """Reject limits that cannot both hold: zero, negative, or hard before soft."""
-    errors: dict[str, str] = {}
-    for field, value in (("soft_time_limit", soft), ("hard_time_limit", hard)):
-        if value is not None and value <= 0:
-            errors[field] = f"{value} is not a time limit: give a number of seconds above 0."
-    if not errors and soft is not None and hard is not None and hard <= soft:
-        errors["hard_time_limit"] = (
-            f"The hard limit ({hard} s) must be longer than the soft limit ({soft} s): "
-            "the soft limit lets the job clean up before the hard limit kills it."
-        )
-    if errors:
-        raise ValidationError(errors)
+        # An admin inline has no task yet (its key is the task's primary key):
+        # its formset validates the policy against the page's task instead.
+        if self.task_id is not None:
+            validate_policy(self)
 
 
 class ScheduleChange(models.Model):

@@ -20,8 +20,13 @@ from django.dispatch import receiver
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from scheduler.changes import record_changes
-from scheduler.models import SchedulePolicy, validate_time_limits
-from scheduler.validation import validate_crontab, validate_periodic_task_save
+from scheduler.models import SchedulePolicy
+from scheduler.validation import (
+    validate_crontab,
+    validate_interval,
+    validate_periodic_task_save,
+    validate_policy,
+)
 
 SCHEDULE_FIELDS = {CrontabSchedule: "crontab", IntervalSchedule: "interval", ClockedSchedule: "clocked"}
 
@@ -47,7 +52,13 @@ def _validate_crontab(sender, instance: CrontabSchedule, raw: bool = False, **kw
 @receiver(pre_save, sender=SchedulePolicy, dispatch_uid="scheduler.validate_policy")
 def _validate_policy(sender, instance: SchedulePolicy, raw: bool = False, **kwargs) -> None:
     if not raw:
-        validate_time_limits(instance.soft_time_limit, instance.hard_time_limit)
+        validate_policy(instance)
+
+
+@receiver(pre_save, sender=IntervalSchedule, dispatch_uid="scheduler.validate_interval")
+def _validate_interval(sender, instance: IntervalSchedule, raw: bool = False, **kwargs) -> None:
+    if not raw:
+        validate_interval(instance.every, instance.period)
 
 
 @receiver(post_save, sender=PeriodicTask, dispatch_uid="scheduler.task_saved")

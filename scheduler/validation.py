@@ -1,10 +1,17 @@
-"""The one check that a schedule is fit for beat (design guarantee 6).
+"""The one check that a schedule is fit for beat (design guarantees 6 and 8).
 
 Called by the admin form, by model validation and by a ``pre_save`` signal, so
 bad input is refused the same way whether it comes from the admin, the API, an
 import or the ORM: invalid cron, unknown time zone, a cron that can never fire,
-an unknown job, arguments that do not bind, impossible time limits. Nothing is
-saved when any of these fails.
+an unknown job, arguments that do not bind or have the wrong JSON type, JSON
+that is not strict (NaN, Infinity, NUL), headers that are not a JSON object,
+an interval below ``SCHEDULE_MIN_INTERVAL_SECONDS``, a solar schedule (beat
+does not evaluate them), a one-off time in the past, impossible time limits
+(judged on the *effective* pair: the policy's value, else the job's default),
+a hard limit too close to the broker's visibility timeout, a starting deadline
+of 0, jitter as long as the schedule's period. Nothing is saved when any of
+these fails. Beat applies the same rules to rows it reads (a row written with
+raw SQL): one it cannot use is quarantined, not run (``scheduler.beat.engine``).
 
 A ``PeriodicTask`` save is checked only when it changes what runs when
 (:func:`changed_schedule_fields`). django-celery-beat's own scheduler saves
@@ -15,16 +22,44 @@ save must not be refused, or its ``sync()`` fails during a migration.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db.models.fields import Field
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from jobs.catalog import validate_job_call
-from scheduler.beat.slots import CronSpec, InvalidCron, next_cron_slot, parse_cron
+from jobs.catalog import NotStrictJson, strict_json_loads, validate_job_call
+from jobs.models import JobDefinition
+from scheduler.beat.slots import (
+    CronSpec,
+    InvalidCron,
+    InvalidInterval,
+    interval_length,
+    next_cron_slot,
+    parse_cron,
+)
+
+if TYPE_CHECKING:
+    from scheduler.models import SchedulePolicy
+
+# Redis redelivers a message its worker has not acknowledged within the
+# visibility timeout. The clock starts when the worker reserves the message,
+# which may be a while before a pool process starts it (prefetch), so a hard
+# limit needs room below the timeout, not just to be under it.
+VISIBILITY_SHARE = 0.75
+
+
+def one_line(error: ValidationError) -> str:
+    """A ``ValidationError``'s messages on one line (for logs and ``problem`` fields)."""
+    if hasattr(error, "error_dict"):
+        return "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in error.message_dict.items())
+    return " ".join(error.messages)
 
 
 def cron_expression(crontab: CrontabSchedule) -> str:
@@ -62,9 +97,217 @@ def validate_crontab(crontab: CrontabSchedule) -> None:
     validate_cron(cron_expression(crontab), str(crontab.timezone))
 
 
-def validate_periodic_task(task: PeriodicTask) -> None:
-    """Check the job and its arguments against the catalog."""
+def validate_interval(every: int, period: str) -> timedelta:
+    """The interval's length; ``ValidationError`` unless it is at least ``SCHEDULE_MIN_INTERVAL_SECONDS``.
+
+    A tiny interval is not a schedule but a flood: every 1 microsecond was
+    31,700 runs in 15 s.
+    """
+    try:
+        length = interval_length(every, period)
+    except InvalidInterval as exc:
+        raise ValidationError({"every": f"{exc}."}) from None
+    minimum = settings.SCHEDULE_MIN_INTERVAL_SECONDS
+    if length.total_seconds() < minimum:
+        raise ValidationError(
+            {
+                "every": f"every {every} {period} is shorter than the shortest interval allowed "
+                f"({minimum:g} s, SCHEDULE_MIN_INTERVAL_SECONDS)."
+            }
+        )
+    return length
+
+
+def validate_headers(headers: object) -> None:
+    """Message headers must be a strict JSON object (django-celery-beat stores them as text)."""
+    try:
+        value = strict_json_loads(headers or "{}") if isinstance(headers, str) else headers
+    except (json.JSONDecodeError, NotStrictJson) as exc:
+        raise ValidationError({"headers": f"Headers are not strict JSON: {exc}."}) from None
+    if not isinstance(value, dict):
+        raise ValidationError(
+            {"headers": f'Headers must be a JSON object, like {{"a": 1}}; got {type(value).__name__}.'}
+        )
+
+
+def validate_schedule_kind(task: PeriodicTask) -> None:
+    """Exactly one of crontab, interval or clocked; solar schedules are refused.
+
+    Solar events (sunrise, dusk) are not evaluated by this platform's beat:
+    rather than save one that would never run, say so.
+    """
+    if task.solar_id is not None:
+        raise ValidationError(
+            {
+                "solar": "Solar schedules are not supported: beat would never run this. "
+                "Use a crontab in the place's time zone (sunrise drifts; pick the hour you need)."
+            }
+        )
+    kinds = [name for name in ("crontab", "interval", "clocked") if getattr(task, f"{name}_id") is not None]
+    if len(kinds) != 1:
+        found = " and ".join(kinds) or "none"
+        raise ValidationError(
+            {"interval": f"A schedule needs exactly one of crontab, interval or clocked time; found {found}."}
+        )
+
+
+def validate_periodic_task(task: PeriodicTask, changed: Iterable[str] | None = None) -> None:
+    """Check ``task`` as beat will read it: job and arguments, headers, its schedule row.
+
+    ``changed`` (field names) limits the one-off check: a clocked time in the
+    past is refused when the task is new or its clocked time, or ``enabled``,
+    changes (an edit of a one-off that already ran is not refused for it).
+    """
     validate_job_call(task.task, task.args, task.kwargs)
+    validate_headers(task.headers)
+    validate_schedule_kind(task)
+    if task.interval_id is not None:
+        validate_interval(task.interval.every, task.interval.period)
+    if task.crontab_id is not None:
+        validate_crontab(task.crontab)
+    if task.clocked_id is not None and (changed is None or {"clocked", "enabled"} & set(changed)):
+        when = task.clocked.clocked_time
+        if task.enabled and when <= datetime.now(UTC):
+            raise ValidationError(
+                {
+                    "clocked": f"The one-off time {when.isoformat()} is in the past: it would never run. "
+                    "Pick a time in the future."
+                }
+            )
+
+
+def max_hard_time_limit() -> int | None:
+    """The longest hard limit the broker allows, or ``None`` (RabbitMQ has no visibility timeout)."""
+    if not urlparse(settings.CELERY_BROKER_URL).scheme.startswith("redis"):
+        return None
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    return int(timeout * VISIBILITY_SHARE)
+
+
+def validate_time_limits(soft: int | None, hard: int | None) -> None:
+    """Reject limits that cannot both hold: zero, negative, hard before soft, or past the broker's redelivery.
+
+    Given the *effective* pair (see :func:`effective_time_limits`), so a
+    policy that sets one limit is judged against the job's other one.
+    """
+    errors: dict[str, str] = {}
+    for field, value in (("soft_time_limit", soft), ("hard_time_limit", hard)):
+        if value is not None and value <= 0:
+            errors[field] = f"{value} is not a time limit: give a number of seconds above 0."
+    if not errors and soft is not None and hard is not None and hard <= soft:
+        errors["hard_time_limit"] = (
+            f"The hard limit ({hard} s) must be longer than the soft limit ({soft} s): "
+            "the soft limit lets the job clean up before the hard limit kills it."
+        )
+    ceiling = max_hard_time_limit()
+    if not errors and hard is not None and ceiling is not None and hard > ceiling:
+        timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+        errors["hard_time_limit"] = (
+            f"The hard limit ({hard} s) is too close to the broker's visibility timeout "
+            f"(BROKER_VISIBILITY_TIMEOUT = {timeout} s): Redis would hand the message to another "
+            f"worker while this one still runs it. Keep hard limits at or below {ceiling} s "
+            f"({VISIBILITY_SHARE:.0%} of the timeout), or raise BROKER_VISIBILITY_TIMEOUT to at least "
+            f"{-(-hard * 4 // 3)} s."
+        )
+    if errors:
+        raise ValidationError(errors)
+
+
+def effective_time_limits(soft: int | None, hard: int | None, job: str) -> tuple[int | None, int | None, str]:
+    """(soft, hard, where from): each the given value, else the job's catalog default.
+
+    The third item names which came from the job, for error messages.
+    """
+    defaults = (
+        JobDefinition.objects.filter(name=job).values_list("soft_time_limit", "hard_time_limit").first()
+    )
+    d_soft, d_hard = defaults or (None, None)
+    from_job = [
+        name
+        for name, own, default in (("soft", soft, d_soft), ("hard", hard, d_hard))
+        if own is None and default is not None
+    ]
+    return (
+        (soft if soft is not None else d_soft),
+        (hard if hard is not None else d_hard),
+        " and ".join(from_job),
+    )
+
+
+def schedule_period(task: PeriodicTask) -> timedelta | None:
+    """The shortest time between two slots of ``task`` (cron: over its next 50 slots); None for one-offs."""
+    if task.interval_id is not None:
+        try:
+            return interval_length(task.interval.every, task.interval.period)
+        except InvalidInterval:
+            return None
+    if task.crontab_id is not None:
+        spec = CronSpec(cron_expression(task.crontab), str(task.crontab.timezone))
+        try:
+            slot = next_cron_slot(spec, datetime.now(UTC))
+        except (InvalidCron, ZoneInfoNotFoundError, ValueError):
+            return None
+        shortest = None
+        for _ in range(50):
+            following = next_cron_slot(spec, slot) if slot is not None else None
+            if following is None:
+                break
+            gap = following - slot
+            shortest = gap if shortest is None else min(shortest, gap)
+            slot = following
+        return shortest
+    return None
+
+
+def validate_policy(policy: SchedulePolicy, task: PeriodicTask | None = None) -> None:
+    """Check a schedule's policy with its task (``task``, else ``policy.task``) as they will be saved.
+
+    - time limits as they will apply (the policy's, else the job's defaults);
+    - a starting deadline of 0 is refused: it would make every run missed
+      (leave it empty for the default, ``JOB_DEFAULT_STARTING_DEADLINE``);
+    - jitter shorter than the schedule's period (longer would push a slot's
+      dispatch past the next slot) and than the starting deadline (a run
+      delayed past its deadline is missed).
+    """
+    task = task or policy.task
+    soft, hard, from_job = effective_time_limits(policy.soft_time_limit, policy.hard_time_limit, task.task)
+    try:
+        validate_time_limits(soft, hard)
+    except ValidationError as exc:
+        if not from_job:
+            raise
+        raise ValidationError(
+            {
+                field: [
+                    f"{message} (The {from_job} limit is {task.task}'s default; set it here too.)"
+                    for message in messages
+                ]
+                for field, messages in exc.message_dict.items()
+            }
+        ) from None
+    errors: dict[str, str] = {}
+    deadline = policy.starting_deadline
+    if deadline is not None and deadline <= 0:
+        errors["starting_deadline"] = (
+            f"A starting deadline of {deadline} s would make every run missed. Give the seconds a run "
+            f"may start late, or leave it empty for the default ({settings.JOB_DEFAULT_STARTING_DEADLINE} s)."
+        )
+    jitter = policy.jitter or 0
+    if jitter:
+        period = schedule_period(task)
+        if period is not None and timedelta(seconds=jitter) >= period:
+            errors["jitter"] = (
+                f"Jitter ({jitter} s) must be shorter than the schedule's period "
+                f"({period.total_seconds():g} s), or a slot would be dispatched after the next one."
+            )
+        effective_deadline = deadline or settings.JOB_DEFAULT_STARTING_DEADLINE
+        if "starting_deadline" not in errors and jitter >= effective_deadline:
+            errors["jitter"] = (
+                f"Jitter ({jitter} s) must be shorter than the starting deadline "
+                f"({effective_deadline} s), or a delayed run would be missed."
+            )
+    if errors:
+        raise ValidationError(errors)
 
 
 # What django-celery-beat's scheduler writes after each dispatch (ModelEntry.save),
@@ -143,5 +386,5 @@ def validate_periodic_task_save(
     """
     changed = changed_schedule_fields(task, update_fields, using)
     if changed and not (changed == {"enabled"} and not task.enabled):
-        validate_periodic_task(task)
+        validate_periodic_task(task, changed)
     return bool(changed)

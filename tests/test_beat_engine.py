@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import time_machine
 from django.db import connection, transaction
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
@@ -228,8 +229,9 @@ def test_update_schedules_refuses_to_bypass_job_validation():
 def test_a_one_off_clocked_schedule_fires_once(engine):
     from django_celery_beat.models import ClockedSchedule
 
-    clocked = ClockedSchedule.objects.create(clocked_time=T0 + timedelta(seconds=30))
-    task = PeriodicTask.objects.create(name="once", task="heartbeat", clocked=clocked, one_off=True)
+    with time_machine.travel(T0, tick=False):  # a one-off time in the past is refused on save
+        clocked = ClockedSchedule.objects.create(clocked_time=T0 + timedelta(seconds=30))
+        task = PeriodicTask.objects.create(name="once", task="heartbeat", clocked=clocked, one_off=True)
     SchedulePolicy.objects.filter(task=task).update(created_at=T0, queue=QUEUE)
     engine.load(now=T0)
 
@@ -253,18 +255,18 @@ def test_jitter_delays_dispatch_but_keeps_the_slot(engine):
 
 def test_the_fast_full_load_and_the_per_task_load_agree(engine):
     """The full load, the per-task read and reconcile's walk build the same entries."""
-    from scheduler.beat.entries import EntryFactory, fetch_rows, fetch_rows_after
+    from scheduler.beat.entries import EntryFactory, fetch_rows, fetch_rows_after, job_defaults
 
     crontab = CrontabSchedule.objects.create(minute="30", hour="2", timezone="Europe/Berlin")
     tasks = [make_task("cron", crontab=crontab), make_task("interval", interval=every(60))]
     SchedulePolicy.objects.filter(task=tasks[1]).update(last_slot_at=T0 + timedelta(microseconds=123457))
-    factory = EntryFactory({})
+    factory = EntryFactory(job_defaults())
 
     full = {row[0]: factory.build(row) for row in fetch_rows()}
     walked = {row[0]: row for row in fetch_rows_after(0, 10)}
     for task in tasks:
         (row,) = fetch_rows([task.pk])
-        entry, last_slot, created = EntryFactory({}).build(row)
+        entry, last_slot, created = EntryFactory(job_defaults()).build(row)
         expected, expected_last_slot, expected_created = full[task.pk]
         assert (last_slot, created, entry.anchor) == (expected_last_slot, expected_created, expected.anchor)
         assert entry.definition == expected.definition

@@ -16,6 +16,17 @@ in the claim transaction), never after an in-memory time, so a restarted
 beat fires no slot twice. Slots that passed while no beat ran are handled by
 the schedule's catch-up policy (``plan_due_slots``) and recorded.
 
+One bad row never stops the others (design guarantee 8). Each schedule is
+built and advanced in isolation: a row beat cannot evaluate (bad JSON, an
+unknown job, an impossible interval or cron, any exception while building
+or advancing its entry, or a claim the database refuses) is *quarantined*:
+its policy's ``problem`` says why, one ERROR line is logged (a Sentry event,
+tagged with the schedule), and no slot is claimed for it, while every other
+schedule keeps firing. The ``problem`` UPDATE is guarded, so a reason is
+reported once, not at every reload or by every beat. An edit of the row
+(the change log), a reconcile or a new job catalog rebuilds it; once it
+builds, it fires again and its problem is cleared.
+
 The heap holds the entries themselves, ordered by ``entry.due_at`` (the
 pending slot plus jitter). An entry replaced by an edit or removed is marked
 ``retired`` and dropped when popped (lazy deletion: an edit costs O(log N),
@@ -32,9 +43,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import sentry_sdk
 from celery import Celery
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
+from kombu.exceptions import OperationalError as BrokerError
 
 from jobs.client import publish_outbox, send_batch
 from scheduler.beat import dispatch
@@ -42,15 +56,17 @@ from scheduler.beat.dispatch import MISSED, RUN, PlannedSlot
 from scheduler.beat.entries import (
     Entry,
     EntryFactory,
+    UnusableSchedule,
     enabled_id_range,
     ensure_policies,
     fetch_rows,
     fetch_rows_after,
     job_defaults,
 )
+from scheduler.beat.lease import LeaseLost
 from scheduler.beat.table import IdTable
 from scheduler.changes import ChangeFeed, ChangeListener
-from scheduler.models import CatchUp
+from scheduler.models import CatchUp, SchedulePolicy
 from scheduler.presence import flag_unserved
 
 logger = logging.getLogger(__name__)
@@ -59,8 +75,18 @@ logger = logging.getLogger(__name__)
 # older ones are skipped over (and counted in the log), which bounds the work
 # after a long outage at the price of not recording every missed slot.
 MAX_CATCHUP_SLOTS = 100
-# How often beat compares schedules with what live workers serve.
+# How often beat compares schedules with what live workers serve, and how
+# long after it starts leading before the first look: workers started with
+# beat (runplatform, a compose up) publish their presence a few seconds
+# after it, and a flag must mean a real problem.
 PRESENCE_CHECK_SECONDS = 60.0
+PRESENCE_GRACE_SECONDS = 60.0
+# Errors that mean "the database, the broker or the lease is unavailable":
+# the whole tick is retried later. Anything else raised while claiming is
+# blamed on the rows being claimed (see BeatEngine._claim).
+OUTAGES = (OperationalError, InterfaceError, BrokerError, OSError, LeaseLost)
+# How a quarantine's reason starts in the policy's ``problem``.
+QUARANTINE_PREFIX = "not scheduled: "
 # Slots claimed per transaction (see BeatEngine.dispatch).
 CLAIM_BATCH = 2000
 # Rows a reconcile compares per tick (about 30 ms at 5,000 here).
@@ -135,7 +161,11 @@ class BeatEngine:
         self.next_poll = 0.0
         self.next_reconcile = 0.0
         self.reconciling: ReconcileCycle | None = None
-        self.next_presence_check = 0.0
+        self.next_presence_check = time.monotonic() + PRESENCE_GRACE_SECONDS
+        self.quarantined: dict[int, str] = {}  # task id -> why beat cannot run it
+        # (task id, reason or None to clear) to write once the rows being
+        # streamed are read: the streaming connection takes no other query.
+        self.problem_writes: list[tuple[int, str | None]] = []
         self.outbox_dirty = False
         self.next_outbox_sweep = 0.0
         self.loaded = False
@@ -157,17 +187,82 @@ class BeatEngine:
         # (a tenth of the load); collect once at the end instead.
         gc.disable()
         try:
+            seen_quarantined = set()
             for row in fetch_rows():
-                entry, last_slot, created = self.factory.build(row)
-                self._install(entry, now, last_slot=last_slot, resume_after=last_slot or created)
+                self._place(row, now, loading=True)
+                if row[0] in self.quarantined:
+                    seen_quarantined.add(row[0])
         finally:
             gc.enable()
+        for task_id in set(self.quarantined) - seen_quarantined:
+            self._release(task_id)  # disabled or deleted since: nothing to report
+        self._write_problems()
         heapq.heapify(self.heap)  # _install appends while loading; O(N) beats N pushes
         self.loaded = True
         self.next_poll = time.monotonic() + self.change_poll_every()
         self.next_reconcile = time.monotonic() + self.reconcile_interval
         logger.info("beat engine loaded %d schedules", len(self.entries))
         return len(self.entries)
+
+    def _place(
+        self, row: tuple, now: datetime, *, loading: bool = False, previous: Entry | None = None
+    ) -> bool:
+        """Build ``row``'s entry and put it in place, or quarantine the schedule; True if placed.
+
+        ``loading``: a full load, resuming after the last claimed slot (or the
+        schedule's creation) so downtime is caught up; otherwise an edit.
+        """
+        task_id = row[0]
+        try:
+            entry, last_slot, created = self.factory.build(row)
+            self._install(
+                entry,
+                now,
+                last_slot=last_slot,
+                resume_after=(last_slot or created) if loading else None,
+                previous=previous,
+            )
+        except Exception as exc:  # noqa: BLE001 (one row's data, whatever the error: guarantee 8)
+            self._quarantine(task_id, exc)
+            return False
+        if task_id in self.quarantined:
+            self._release(task_id)
+        return True
+
+    def _quarantine(self, task_id: int, exc: BaseException) -> None:
+        """Stop firing ``task_id``: drop its entry, record why, report it once.
+
+        The ``problem`` UPDATE is guarded (``problem`` differs from the new
+        reason), so a reason already recorded, by this beat before a reload
+        or by another beat before a failover, is not reported again.
+        """
+        self._remove(task_id)  # callers holding a popped entry cleared its pending slot first
+        reason = str(exc) if isinstance(exc, UnusableSchedule) else f"{type(exc).__name__}: {exc}"
+        reason = f"{QUARANTINE_PREFIX}{reason}".replace("\x00", "\\x00")[:500]  # text columns refuse NUL
+        self.quarantined[task_id] = reason
+        self.problem_writes.append((task_id, reason))
+
+    def _release(self, task_id: int) -> None:
+        """Forget a quarantine (the row builds again, or is gone) and clear the problem it recorded."""
+        reason = self.quarantined.pop(task_id, None)
+        if reason is not None:
+            self.problem_writes.append((task_id, None))
+
+    def _write_problems(self) -> None:
+        """Record quarantines and releases; report each newly recorded reason once (ERROR, Sentry)."""
+        writes, self.problem_writes = self.problem_writes, []
+        for task_id, reason in writes:
+            policies = SchedulePolicy.objects.filter(task_id=task_id)
+            if reason is None:
+                cleared = policies.filter(problem__startswith=QUARANTINE_PREFIX).update(problem="")
+                if cleared:
+                    logger.warning("beat: schedule %s is no longer quarantined", task_id)
+                continue
+            if policies.exclude(problem=reason).update(problem=reason):
+                with sentry_sdk.new_scope() as scope:
+                    scope.set_tag("schedule", str(task_id))
+                    scope.fingerprint = ["quarantined-schedule", str(task_id)]
+                    logger.error("beat: schedule %s quarantined, %s", task_id, reason)
 
     def _install(
         self,
@@ -199,6 +294,13 @@ class BeatEngine:
             return
         slot = entry.next_slot(after)
         if slot is None:
+            clocked = entry.definition.clocked
+            if clocked is not None and last_slot is None and entry.definition.expires is None:
+                # Never silence: a one-off that can no longer fire and never ran is a problem.
+                raise UnusableSchedule(
+                    f"its one-off time {clocked.isoformat()} passed before it was scheduled; "
+                    "nothing will run. Set a time in the future."
+                )
             return
         entry.wait_for(slot)
         if self.loaded:
@@ -235,11 +337,13 @@ class BeatEngine:
         self._rebuild(changed, now or timezone.now())
         return len(changed)
 
-    def _refresh_defaults(self) -> None:
+    def _refresh_defaults(self) -> bool:
         """Re-read the catalog's defaults; new ones mean new definitions (cached ones embed them)."""
         defaults = job_defaults()
         if defaults != self.factory.defaults:
             self.factory = EntryFactory(defaults)
+            return True
+        return False
 
     def _rebuild(self, task_ids: set[int], now: datetime) -> None:
         """Re-read ``task_ids`` from the database; drop those no longer enabled."""
@@ -249,10 +353,11 @@ class BeatEngine:
         for row in fetch_rows(task_ids):  # streamed: 10,000 rows at once were 10 MB of peak
             found.add(row[0])
             previous = self._remove(row[0])
-            entry, last_slot, _ = self.factory.build(row)
-            self._install(entry, now, last_slot=last_slot, previous=previous)
+            self._place(row, now, previous=previous)
         for task_id in task_ids - found:
             self._remove(task_id)
+            self._release(task_id)
+        self._write_problems()
         self._compact_heap()
 
     def reconcile(self, now: datetime | None = None) -> int:
@@ -280,7 +385,11 @@ class BeatEngine:
         for row in fetch_rows_after(cycle.after_id, RECONCILE_STEP):
             seen.add(row[0])
             entry = self.entries.get(row[0])
-            if entry is None or not self.factory.matches(entry, row):
+            try:
+                same = entry is not None and self.factory.matches(entry, row)
+            except Exception:  # noqa: BLE001 (an unusable row differs; the rebuild quarantines it)
+                same = False
+            if not same:
                 differ.add(row[0])
         done = len(seen) < RECONCILE_STEP
         upto = None if done else max(seen)
@@ -315,28 +424,40 @@ class BeatEngine:
             if entry.retired:
                 self.retired_in_heap -= 1
                 continue  # edited or deleted since this item was pushed
-            slot = entry.pending
-            slots = [slot]
-            following = entry.next_slot(slot)
-            while following is not None and following <= now and len(slots) < MAX_CATCHUP_SLOTS:
-                slots.append(following)
-                following = entry.next_slot(following)
-            if following is not None and following <= now:
-                skipped_to = entry.next_slot(now)
-                logger.warning(
-                    "beat: schedule %s fell more than %d slots behind; skipping to %s",
-                    entry.task_id,
-                    MAX_CATCHUP_SLOTS,
-                    skipped_to,
-                )
-                following = skipped_to
-            planned.extend(plan_due_slots(entry, slots, now))
+            try:
+                slots, following = self._due_slots(entry, now)
+                due = plan_due_slots(entry, slots, now)
+            except Exception as exc:  # noqa: BLE001 (this schedule's data; the others go on)
+                entry.wait_for(None)
+                self._quarantine(entry.task_id, exc)
+                continue
+            planned.extend(due)
             if following is not None and not entry.definition.one_off:
                 entry.wait_for(following)
                 heapq.heappush(heap, entry)
             else:
                 entry.wait_for(None)
         return planned
+
+    @staticmethod
+    def _due_slots(entry: Entry, now: datetime) -> tuple[list[datetime], datetime | None]:
+        """The entry's due slots (oldest first, bounded) and the slot after them."""
+        slot = entry.pending
+        slots = [slot]
+        following = entry.next_slot(slot)
+        while following is not None and following <= now and len(slots) < MAX_CATCHUP_SLOTS:
+            slots.append(following)
+            following = entry.next_slot(following)
+        if following is not None and following <= now:
+            skipped_to = entry.next_slot(now)
+            logger.warning(
+                "beat: schedule %s fell more than %d slots behind; skipping to %s",
+                entry.task_id,
+                MAX_CATCHUP_SLOTS,
+                skipped_to,
+            )
+            following = skipped_to
+        return slots, following
 
     def tick(self, now: datetime | None = None) -> float:
         """Apply edits, fire what is due; return seconds until the next look."""
@@ -350,6 +471,8 @@ class BeatEngine:
             if self.reconcile_step(now):
                 self.next_reconcile = clock + self.reconcile_interval
         if clock >= self.next_presence_check:
+            if self._refresh_defaults() and self.quarantined:
+                self._rebuild(set(self.quarantined), now or timezone.now())  # a job may exist now
             flag_unserved(self.entries.values(), now)
             self.next_presence_check = clock + PRESENCE_CHECK_SECONDS
         if self.outbox_dirty or clock >= self.next_outbox_sweep:
@@ -361,6 +484,8 @@ class BeatEngine:
         now = now or timezone.now()
         if self.heap and self.heap[0].due_at <= now:
             self.dispatch(self.collect_due(now), now)
+        if self.problem_writes:  # schedules quarantined while collecting or claiming
+            self._write_problems()
         return self.seconds_until_next(timezone.now())
 
     def dispatch(self, planned: list[PlannedSlot], now: datetime) -> int:
@@ -373,23 +498,9 @@ class BeatEngine:
         sent = claimed_count = 0
         started = time.monotonic()
         for start in range(0, len(planned), CLAIM_BATCH):
-            batch = planned[start : start + CLAIM_BATCH]
-            claim = dispatch.claim_slots(batch, fence=self.fence, now=now)
-            claimed_count += len(claim.runs)
-            try:
-                # Before publishing: the old run stops before its replacement can start.
-                dispatch.revoke_replaced(self.app, claim.to_revoke)
-            except Exception as exc:  # noqa: BLE001 (the runs are recorded replaced; say so loudly)
-                logger.error("beat: could not revoke %d replaced runs: %s", len(claim.to_revoke), exc)
-            try:
-                sent += send_batch(self.app, claim.runs, claim.outbox_batch)
-            except Exception as exc:  # noqa: BLE001 (any broker error: keep them in the outbox)
-                self.outbox_dirty = True
-                logger.error(
-                    "beat: claimed %d runs but could not publish (%s); they wait in the outbox",
-                    len(claim.runs),
-                    exc,
-                )
+            for claim in self._claim(planned[start : start + CLAIM_BATCH], now):
+                claimed_count += len(claim.runs)
+                sent += self._publish(claim)
         logger.info(
             "beat: %d slots due, %d claimed, %d published in %.3f s",
             len(planned),
@@ -398,6 +509,53 @@ class BeatEngine:
             time.monotonic() - started,
         )
         return sent
+
+    def _claim(self, batch: list[PlannedSlot], now: datetime) -> list[dispatch.Claim]:
+        """Claim ``batch`` in one transaction; if the database refuses it, schedule by schedule.
+
+        An outage (or a lost lease) propagates: the tick is retried. Any other
+        error is blamed on the rows: the batch is claimed again one schedule
+        per transaction, and a schedule whose own claim still fails is
+        quarantined, so its data cannot block the rest of the burst.
+        """
+        try:
+            return [dispatch.claim_slots(batch, fence=self.fence, now=now)]
+        except OUTAGES:
+            raise
+        except Exception as exc:  # noqa: BLE001 (find the row to blame below)
+            logger.warning(
+                "beat: a claim of %d slots failed (%s); claiming schedule by schedule", len(batch), exc
+            )
+        by_schedule: dict[int, list[PlannedSlot]] = {}
+        for planned in batch:
+            by_schedule.setdefault(planned.entry.task_id, []).append(planned)
+        claims = []
+        for task_id, slots in by_schedule.items():
+            try:
+                claims.append(dispatch.claim_slots(slots, fence=self.fence, now=now))
+            except OUTAGES:
+                raise
+            except Exception as exc:  # noqa: BLE001 (this schedule's data)
+                self._quarantine(task_id, exc)
+        return claims
+
+    def _publish(self, claim: dispatch.Claim) -> int:
+        """Revoke what the claim replaced, then publish its runs; return how many were sent."""
+        try:
+            # Before publishing: the old run stops before its replacement can start.
+            dispatch.revoke_replaced(self.app, claim.to_revoke)
+        except Exception as exc:  # noqa: BLE001 (the runs are recorded replaced; say so loudly)
+            logger.error("beat: could not revoke %d replaced runs: %s", len(claim.to_revoke), exc)
+        try:
+            return send_batch(self.app, claim.runs, claim.outbox_batch)
+        except Exception as exc:  # noqa: BLE001 (any broker error: keep them in the outbox)
+            self.outbox_dirty = True
+            logger.error(
+                "beat: claimed %d runs but could not publish (%s); they wait in the outbox",
+                len(claim.runs),
+                exc,
+            )
+            return 0
 
     def flush_outbox(self, older_than: timedelta | None = None) -> int:
         try:

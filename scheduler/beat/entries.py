@@ -16,22 +16,24 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Count, Max
+from django.db.models import CharField, Count, Max, QuerySet
+from django.db.models.functions import Cast
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
+from jobs.catalog import parse_json_arguments
 from jobs.models import JobDefinition
-from scheduler.beat.slots import CronSpec, next_clocked_slot, next_interval_slot, shared_next_cron_slot
+from scheduler.beat.slots import (
+    CronSpec,
+    interval_length,
+    next_clocked_slot,
+    next_interval_slot,
+    shared_next_cron_slot,
+)
 from scheduler.models import CatchUp, Overlap, SchedulePolicy
-
-INTERVAL_UNITS = {
-    "days": timedelta(days=1),
-    "hours": timedelta(hours=1),
-    "minutes": timedelta(minutes=1),
-    "seconds": timedelta(seconds=1),
-    "microseconds": timedelta(microseconds=1),
-}
+from scheduler.validation import one_line, validate_cron, validate_interval, validate_time_limits
 
 # Row layout, the same from the raw SQL (PostgreSQL) and the ORM (elsewhere):
 # the task id, then the columns that define what runs and when (identical
@@ -41,7 +43,7 @@ ROW_FIELDS = (
     "task", "args", "kwargs", "queue", "one_off", "start_time", "expires",
     "crontab__minute", "crontab__hour", "crontab__day_of_month", "crontab__month_of_year",
     "crontab__day_of_week", "crontab__timezone", "interval__every", "interval__period",
-    "clocked__clocked_time", "policy__soft_time_limit", "policy__hard_time_limit",
+    "clocked__clocked_time", "solar", "policy__soft_time_limit", "policy__hard_time_limit",
     "policy__queue", "policy__catchup", "policy__overlap", "policy__starting_deadline",
     "policy__jitter",
     "policy__anchor", "policy__created_at", "policy__last_slot_at",
@@ -50,6 +52,10 @@ DEFINITION_COLUMNS = slice(1, ROW_FIELDS.index("policy__anchor"))
 ANCHOR = ROW_FIELDS.index("policy__anchor")
 CREATED = ROW_FIELDS.index("policy__created_at")
 LAST_SLOT = ROW_FIELDS.index("policy__last_slot_at")
+
+
+class UnusableSchedule(ValueError):
+    """A schedule row beat cannot evaluate; the message says why and how to fix it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +143,7 @@ class Entry:
         elif d.clocked is not None:
             slot = next_clocked_slot(d.clocked, after)
         else:
-            slot = None  # solar schedules are not supported by this engine
+            slot = None  # not reached: a row with no usable schedule is refused when built
         if slot is not None and d.expires is not None and slot > d.expires:
             return None
         return slot
@@ -171,7 +177,7 @@ def seconds(n: int) -> timedelta:
 
 @lru_cache(maxsize=4096)
 def interval_of(every: int, period: str) -> timedelta:
-    return every * INTERVAL_UNITS[period]
+    return interval_length(every, period)
 
 
 @lru_cache(maxsize=65536)
@@ -197,7 +203,7 @@ _COLUMNS_SQL = """t.task, t.args, t.kwargs, t.queue, t.one_off,
        (EXTRACT(EPOCH FROM t.start_time) * 1000000)::int8,
        (EXTRACT(EPOCH FROM t.expires) * 1000000)::int8,
        c.minute, c.hour, c.day_of_month, c.month_of_year, c.day_of_week, c.timezone,
-       i.every, i.period, (EXTRACT(EPOCH FROM k.clocked_time) * 1000000)::int8,
+       i.every, i.period, (EXTRACT(EPOCH FROM k.clocked_time) * 1000000)::int8, t.solar_id,
        p.soft_time_limit, p.hard_time_limit, p.queue, p.catchup, p.overlap, p.starting_deadline,
        p.jitter, (EXTRACT(EPOCH FROM p.anchor) * 1000000)::int8,
        (EXTRACT(EPOCH FROM p.created_at) * 1000000)::int8"""
@@ -230,7 +236,18 @@ def fetch_rows(task_ids: Iterable[int] | None = None) -> Iterator[tuple]:
     queryset = PeriodicTask.objects.filter(enabled=True)
     if task_ids is not None:
         queryset = queryset.filter(pk__in=list(task_ids))
-    return queryset.values_list(*ROW_FIELDS).iterator(chunk_size=5000)
+    return orm_rows(queryset).iterator(chunk_size=5000)
+
+
+# The ORM path reads the time zone as plain text: django-timezone-field's
+# converter raises on a zone that does not exist (a row written with raw
+# SQL), which would stop the whole load instead of quarantining that row.
+_ORM_FIELDS = tuple("crontab_zone" if f == "crontab__timezone" else f for f in ROW_FIELDS)
+
+
+def orm_rows(queryset: QuerySet[PeriodicTask]) -> QuerySet:
+    """``queryset`` as ``ROW_FIELDS`` rows through the ORM (every database but PostgreSQL)."""
+    return queryset.annotate(crontab_zone=Cast("crontab__timezone", CharField())).values_list(*_ORM_FIELDS)
 
 
 def enabled_id_range() -> tuple[int, int]:
@@ -243,7 +260,7 @@ def fetch_rows_after(after_id: int, limit: int) -> Iterator[tuple]:
     """Up to ``limit`` enabled tasks with ids above ``after_id``, by ascending id (reconcile)."""
     if _raw_sql():
         return _stream_postgresql(_ROWS_SQL + " AND t.id > %s ORDER BY t.id LIMIT %s", [after_id, limit])
-    rows = PeriodicTask.objects.filter(enabled=True, pk__gt=after_id).order_by("pk").values_list(*ROW_FIELDS)
+    rows = orm_rows(PeriodicTask.objects.filter(enabled=True, pk__gt=after_id).order_by("pk"))
     return iter(rows[:limit])
 
 
@@ -334,29 +351,68 @@ class EntryFactory:
         self.definitions = {k: d for k, d in self.definitions.items() if id(d) in used}
 
     def _definition(self, key: tuple) -> Definition:
+        """Build the shared definition of ``key``; ``UnusableSchedule`` when beat cannot run it.
+
+        Applies the save-time rules (``scheduler.validation``) to what the
+        row holds, because a row written with raw SQL never went through
+        them: strict JSON arguments (jsonb refuses NaN and NUL, so a claim
+        carrying one would fail for every schedule in its batch), a job in
+        the catalog (else there are no limits to enforce), effective time
+        limits that can hold, a positive starting deadline, exactly one
+        usable schedule (no solar), a valid cron and time zone, an interval
+        of at least the minimum.
+        """
         (job, args, kwargs, queue, one_off, start_time, expires, c_minute, c_hour, c_dom, c_month,
-         c_dow, c_tz, i_every, i_period, clocked_time, p_soft, p_hard, p_queue, p_catchup,
+         c_dow, c_tz, i_every, i_period, clocked_time, solar_id, p_soft, p_hard, p_queue, p_catchup,
          p_overlap, p_deadline, p_jitter) = key  # fmt: skip
-        d_queue, d_soft, d_hard = self.defaults.get(job, ("", None, None))
+        if job not in self.defaults:
+            raise UnusableSchedule(
+                f"unknown job {job!r}: it is not in the job catalog, so no worker serves it and it has "
+                "no time limits. Fix the job name, or start a worker that has it."
+            )
+        d_queue, d_soft, d_hard = self.defaults[job]
+        soft, hard = p_soft or d_soft, p_hard or d_hard
+        cron = interval = clocked = None
+        try:
+            parse_json_arguments(args or "[]", kwargs or "{}")
+            validate_time_limits(soft, hard)
+            if c_minute is not None:
+                expression = f"{c_minute} {c_hour} {c_dom} {c_month} {c_dow}"
+                validate_cron(expression, str(c_tz or "UTC"))
+                cron = cron_spec(expression, str(c_tz or "UTC"))
+            elif i_every is not None or i_period is not None:
+                validate_interval(i_every, i_period)
+                interval = interval_of(i_every, i_period)
+            elif clocked_time is not None:
+                clocked = _from_epoch(clocked_time)
+        except ValidationError as exc:
+            raise UnusableSchedule(one_line(exc)) from None
+        if solar_id is not None and cron is None and interval is None and clocked is None:
+            raise UnusableSchedule(
+                "solar schedules are not supported: use a crontab in the place's time zone"
+            )
+        if cron is None and interval is None and clocked is None:
+            raise UnusableSchedule("no crontab, interval or clocked time: there is nothing to run it on")
+        if p_deadline is not None and p_deadline <= 0:
+            raise UnusableSchedule(
+                f"a starting deadline of {p_deadline} s would make every run missed; "
+                "leave it empty for the default"
+            )
         return Definition(
             # Interned: many definitions share these strings.
             job=sys.intern(job),
             args_json=sys.intern(args or "[]"),
             kwargs_json=sys.intern(kwargs or "{}"),
             queue=sys.intern(p_queue or queue or d_queue or "default"),
-            soft_time_limit=p_soft or d_soft,
-            hard_time_limit=p_hard or d_hard,
+            soft_time_limit=soft,
+            hard_time_limit=hard,
             starting_deadline=seconds(p_deadline or settings.JOB_DEFAULT_STARTING_DEADLINE),
             catchup=p_catchup or CatchUp.LATEST,
             overlap=p_overlap or Overlap.ALLOW,
             jitter=p_jitter or 0,
-            cron=(
-                cron_spec(f"{c_minute} {c_hour} {c_dom} {c_month} {c_dow}", str(c_tz or "UTC"))
-                if c_minute is not None
-                else None
-            ),
-            interval=interval_of(i_every, i_period) if c_minute is None and i_every is not None else None,
-            clocked=_from_epoch(clocked_time) if c_minute is None and i_every is None else None,
+            cron=cron,
+            interval=interval,
+            clocked=clocked,
             not_before=_from_epoch(start_time),
             expires=_from_epoch(expires),
             one_off=bool(one_off),

@@ -6,7 +6,10 @@ processes may run: one leads under the database lease (``beat.lease``) and
 dispatches; the others stand by and take over when the lease expires.
 
 Outages do not crash beat: a database or broker error is logged once per
-outage, the connection is dropped, and the next loop tries again. A leader
+outage, the connection is dropped, and the next loop tries again. Nor does
+bad data: the engine quarantines a schedule it cannot evaluate, and any
+other error in a tick is logged (once) and the engine rebuilt, never raised
+out of beat. A leader
 that loses its lease stops dispatching at once and drops its in-memory state
 (the database has all of it).
 """
@@ -37,6 +40,7 @@ class DatabaseBeat(Scheduler):
         self.engine: BeatEngine | None = None
         self.lease = Lease(ttl=settings.BEAT_LEASE_SECONDS)
         self._failing = False
+        self._last_unexpected = ""
         self._next_lease_check = 0.0
         super().__init__(*args, **kwargs)
 
@@ -70,6 +74,14 @@ class DatabaseBeat(Scheduler):
                 # recovery, so catch-up records or runs them instead of losing them.
                 self.engine.loaded = False
             return float(self.max_interval or 1)
+        except Exception as exc:  # noqa: BLE001 (guarantee 8: no schedule's data makes beat exit)
+            # Per-schedule errors are quarantined inside the engine; this is the
+            # net under a bug of our own. Rebuild from the database and go on.
+            self._note_unexpected(exc)
+            if self.engine is not None:
+                self.engine.loaded = False
+            return float(self.max_interval or 1)
+        self._last_unexpected = ""
         if self._failing:
             logger.warning("beat: recovered; carrying on")
             self._failing = False
@@ -110,6 +122,13 @@ class DatabaseBeat(Scheduler):
             self._failing = True
         for conn in connections.all():
             conn.close_if_unusable_or_obsolete()
+
+    def _note_unexpected(self, exc: Exception) -> None:
+        """Log an unexpected tick error with its traceback, once until a tick succeeds."""
+        text = f"{type(exc).__name__}: {exc}"
+        if text != self._last_unexpected:
+            logger.exception("beat: unexpected error in a tick (%s); rebuilding from the database", text)
+            self._last_unexpected = text
 
     def sync(self) -> None:  # state lives in the database, nothing to flush
         pass

@@ -434,6 +434,29 @@ def next_interval_slot(anchor: datetime, every: timedelta, after: datetime) -> d
     return anchor + periods * every
 
 
+INTERVAL_UNITS = {
+    "days": timedelta(days=1),
+    "hours": timedelta(hours=1),
+    "minutes": timedelta(minutes=1),
+    "seconds": timedelta(seconds=1),
+    "microseconds": timedelta(microseconds=1),
+}
+
+
+class InvalidInterval(ValueError):
+    """An interval that is not a positive number of a known unit."""
+
+
+def interval_length(every: int, period: str) -> timedelta:
+    """``every`` × ``period`` as a duration; ``InvalidInterval`` unless positive and of a known unit."""
+    unit = INTERVAL_UNITS.get(period)
+    if unit is None:
+        raise InvalidInterval(f"{period!r} is not an interval unit: use one of {', '.join(INTERVAL_UNITS)}")
+    if not isinstance(every, int) or isinstance(every, bool) or every <= 0:
+        raise InvalidInterval(f"every {every!r} {period} is not an interval: give a whole number above 0")
+    return every * unit
+
+
 def next_clocked_slot(clocked_time: datetime, after: datetime) -> datetime | None:
     """A one-off time: itself if still ahead, else never again."""
     return clocked_time if clocked_time > after else None

@@ -37,15 +37,15 @@ def make_interval_schedules(
 
 
 def every_minute_heartbeat_entry(defaults: dict[str, tuple[str, int, int]] | None = None):
-    """A new heartbeat task every minute, and beat's ``Entry`` for it (catalog defaults: ``defaults``)."""
+    """A new heartbeat task every minute and beat's ``Entry`` for it (``defaults``: the catalog's if None)."""
     from jobs.catalog import publish_catalog
-    from scheduler.beat.entries import entry_from_row, fetch_rows
+    from scheduler.beat.entries import entry_from_row, fetch_rows, job_defaults
 
     publish_catalog(worker="tests")
     every_minute = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.MINUTES)
     task = PeriodicTask.objects.create(name="hb", task="heartbeat", interval=every_minute)
     (row,) = fetch_rows([task.pk])
-    return entry_from_row(row, defaults or {})
+    return entry_from_row(row, defaults or job_defaults())
 
 
 def slots_by_schedule(task_ids) -> dict[int, list[datetime]]:
