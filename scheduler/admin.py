@@ -16,9 +16,10 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django_celery_beat.admin import CrontabScheduleAdmin as BeatCrontabAdmin
+from django_celery_beat.admin import IntervalScheduleAdmin as BeatIntervalAdmin
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.admin import PeriodicTaskForm as BeatPeriodicTaskForm
-from django_celery_beat.models import CrontabSchedule, PeriodicTask
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from jobs.catalog import validate_job_call
 from jobs.models import JobRun
@@ -31,7 +32,13 @@ from scheduler.services import (
     run_schedules_now,
     toggle_schedules,
 )
-from scheduler.validation import validate_cron
+from scheduler.validation import (
+    changed_schedule_fields,
+    validate_cron,
+    validate_interval,
+    validate_periodic_task,
+    validate_policy,
+)
 
 
 def add_errors(form: forms.BaseForm, error: ValidationError, fallback_field: str | None = None) -> None:
@@ -56,8 +63,36 @@ class PeriodicTaskForm(BeatPeriodicTaskForm):
             add_errors(self, exc)
         return data
 
+    def _post_clean(self):
+        """Run the save-time check on the instance as it will be saved, so it is a form error, not a 500."""
+        super()._post_clean()
+        if self.errors:
+            return
+        try:
+            validate_periodic_task(self.instance, changed_schedule_fields(self.instance))
+        except ValidationError as exc:
+            add_errors(self, exc)
+
 
 class PolicyFormSet(BaseInlineFormSet):
+    def clean(self):
+        """Validate the policy against the task as it is about to be saved (new, or with the page's edits).
+
+        Its job's default limits and its schedule's period (jitter) come from
+        the task; the model's own ``clean`` cannot see it here (an inline whose
+        key is the task's primary key gets no task until saved).
+        """
+        super().clean()
+        for form in self.forms:
+            if form.instance._state.adding and not form.has_changed():  # an untouched extra form
+                continue
+            if not hasattr(form, "cleaned_data") or form.errors:
+                continue
+            try:
+                validate_policy(form.instance, task=self.instance)
+            except ValidationError as exc:
+                add_errors(form, exc)
+
     def save_new(self, form, commit=True):
         """Update the policy row the task's post-save signal already created.
 
@@ -211,6 +246,30 @@ class CrontabForm(forms.ModelForm):
         except ValidationError as exc:
             add_errors(self, exc)
         return data
+
+
+class IntervalForm(forms.ModelForm):
+    class Meta:
+        model = IntervalSchedule
+        fields = ("every", "period")
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            validate_interval(data.get("every"), data.get("period"))
+        except ValidationError as exc:
+            add_errors(self, exc)
+        return data
+
+
+admin.site.unregister(IntervalSchedule)
+
+
+@admin.register(IntervalSchedule)
+class IntervalScheduleAdmin(BeatIntervalAdmin):
+    form = IntervalForm
 
 
 admin.site.unregister(CrontabSchedule)
