@@ -28,6 +28,8 @@ CLEARED = (
     "LOGIN_FAILURE_LIMIT",
     "LOGIN_LOCKOUT_MINUTES",
     "SENTRY_DSN",
+    # Set by the browser tests' session fixture; check --deploy refuses it (async.E001).
+    "DJANGO_ALLOW_ASYNC_UNSAFE",
 )
 
 
