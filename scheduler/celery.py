@@ -45,6 +45,21 @@ def _refuse_pools_without_time_limits(sender=None, **_kwargs) -> None:
     check_pool_enforces_time_limits(sender.pool_cls)
 
 
+class JobLimitsCannotHold(SystemExit):
+    """Raised at worker start when a job's default time limits cannot hold (check scheduler.E006)."""
+
+
+@signals.worker_init.connect
+def _refuse_job_limits_that_cannot_hold(sender=None, **_kwargs) -> None:
+    from settings.checks import check_job_time_limits
+
+    problems = check_job_time_limits()
+    if problems:
+        raise JobLimitsCannotHold(
+            "refusing to start: " + "; ".join(f"{p.msg} ({p.id}; {p.hint})" for p in problems)
+        )
+
+
 @signals.worker_process_init.connect
 def _fresh_sentry_client_in_each_child(**_kwargs) -> None:
     """A forked child must not reuse the parent's Sentry transport.

@@ -99,3 +99,37 @@ def check_proxy_tells_https(app_configs=None, **kwargs):
             )
         ]
     return []
+
+
+@register()
+def check_job_time_limits(app_configs=None, **kwargs):
+    """Every job's default limits must hold: hard above soft, and below the broker's redelivery.
+
+    The same rule as a schedule's policy (``validate_time_limits``), applied
+    to the defaults each ``@job`` declares, so a job whose default hard limit
+    outlives Redis's visibility timeout is refused before any run of it is
+    redelivered to a second worker while the first still runs it. Workers
+    run this check at start (``scheduler.celery``).
+    """
+    from django.core.exceptions import ValidationError
+
+    from jobs.catalog import load_job_modules
+    from jobs.framework import JOB_SPECS
+    from scheduler.validation import validate_time_limits
+
+    load_job_modules()
+    errors = []
+    for spec in JOB_SPECS.values():
+        try:
+            validate_time_limits(spec.soft_time_limit, spec.hard_time_limit)
+        except ValidationError as exc:
+            errors.append(
+                Error(
+                    f"job {spec.name!r}: default limits soft {spec.soft_time_limit} s / "
+                    f"hard {spec.hard_time_limit} s: {' '.join(exc.messages)}",
+                    hint="Lower the job's hard_time_limit in its @job(...), or raise "
+                    "BROKER_VISIBILITY_TIMEOUT (Redis) above it with room to spare.",
+                    id="scheduler.E006",
+                )
+            )
+    return errors
