@@ -307,3 +307,23 @@ class refuse_runs_of:
         )
         if connection.vendor == "postgresql":
             sql("DROP FUNCTION refuse_run()", [])
+
+
+def test_a_new_leader_gives_workers_time_to_announce_before_flagging_unserved_jobs(
+    engine, monkeypatch, redis_client
+):
+    """Workers started with beat publish their presence seconds after it: no flag in that window."""
+    from scheduler.beat import engine as engine_module
+    from scheduler.celery import app
+
+    task = schedule("hb")  # no worker has announced anything in this test database
+    engine.load(now=T0)
+    engine.tick(now=T0 + timedelta(seconds=1))
+    assert problem_of(task) == ""
+
+    monkeypatch.setattr(engine_module, "PRESENCE_GRACE_SECONDS", 0.0)
+    later = BeatEngine(app, poll_interval=0, fallback_poll_interval=0)  # the grace has passed
+    later.load(now=T0)
+    later.tick(now=T0 + timedelta(seconds=1))
+    later.close()
+    assert "no live worker serves job 'heartbeat'" in problem_of(task)
