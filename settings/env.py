@@ -15,7 +15,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def envstr(name: str, default: str = "") -> str:
@@ -30,8 +30,9 @@ def envstr(name: str, default: str = "") -> str:
 
 
 def envbool(name: str, default: bool = False) -> bool:
+    """``$NAME`` as a boolean; unset or empty (compose's ``${NAME:-}``) gives ``default``."""
     raw = os.environ.get(name)
-    if raw is None:
+    if raw is None or raw.strip() == "":
         return default
     value = raw.strip().lower()
     if value in _TRUE:

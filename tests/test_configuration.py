@@ -80,3 +80,12 @@ def test_a_proxy_header_is_read_as_django_spells_it(monkeypatch):
 def test_a_list_drops_blanks(monkeypatch):
     monkeypatch.setenv("SOME_LIST", " a.example, ,b.example,")
     assert envlist("SOME_LIST") == ["a.example", "b.example"]
+
+
+def test_an_empty_boolean_is_its_default(monkeypatch):
+    # docker-compose passes ${HTTPS:-} as an empty string when the variable is unset.
+    monkeypatch.setenv("SOME_FLAG", "")
+    assert envbool("SOME_FLAG", default=True) is True
+    assert envbool("SOME_FLAG", default=False) is False
+    monkeypatch.setenv("SOME_FLAG", "off")
+    assert envbool("SOME_FLAG", default=True) is False
