@@ -225,6 +225,13 @@ def _take_over_lost_attempt(
 def _still_running(run: JobRun, now: datetime) -> str:
     """The warning for a copy of a message whose attempt is alive: what happened and the fix."""
     ran_for = f", for {int((now - run.started_at).total_seconds())} s" if run.started_at else ""
+    if not settings.CELERY_BROKER_URL.startswith("redis"):
+        # RabbitMQ gives a message back when the connection that took it drops.
+        return (
+            f"redelivered while attempt {run.attempt} still runs on {run.worker}{ran_for} (the broker "
+            "gave its unacknowledged message back, e.g. after that worker's connection dropped); "
+            "this copy is not run, the attempt ends as it ends"
+        )
     timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
     hard = f" (this run's is {run.hard_time_limit} s)" if run.hard_time_limit else ""
     return (

@@ -89,6 +89,18 @@ def test_it_ignores_a_copy_while_the_attempt_runs_on_its_live_worker(copy_on):
     assert fields(run) == before
 
 
+def test_it_does_not_blame_the_visibility_timeout_on_rabbitmq(settings):
+    settings.CELERY_BROKER_URL = "amqp://guest@127.0.0.1:5672//"
+    run = running_run()
+    presence(FIRST)
+
+    outcome = redelivered_copy(run)
+
+    assert outcome.warning
+    assert "visibility timeout" not in outcome.reason
+    assert "after that worker's connection dropped" in outcome.reason
+
+
 def test_it_retries_when_the_attempts_worker_stopped_publishing_presence():
     run = running_run()
     presence(FIRST, seen_ago=LIVE_SECONDS + 1)
@@ -146,7 +158,7 @@ def test_it_ignores_a_copy_that_is_not_redelivered_while_the_run_runs():
     assert fields(run) == before
 
 
-def test_a_worker_records_when_its_process_started():
+def test_it_records_when_the_worker_process_started():
     record_worker(FIRST, ["default"], ["diagnostics.sleep"])
 
     assert WorkerPresence.objects.get(hostname=FIRST).started_at == PROCESS_STARTED_AT
@@ -288,7 +300,7 @@ def test_it_records_a_dead_pool_process_as_lost_when_no_retry_is_left_and_ignore
     assert (lost.status, lost.attempt, lost.error_type) == (RunStatus.LOST, 1, "WorkerLostError")
 
 
-def test_a_dead_pool_process_on_another_worker_changes_nothing():
+def test_it_changes_nothing_for_a_dead_pool_process_on_another_worker():
     run = running_run(worker=FIRST)
     before = fields(run)
 
