@@ -96,6 +96,9 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "scheduler.lockout.lockout_response"
 AXES_VERBOSE = False  # no banner in every process; failures are still logged
+# Failed attempts (AccessAttempt) are what throttling counts; an AccessLog row per login would
+# grow for ever with nothing pruning it.
+AXES_DISABLE_ACCESS_LOG = True
 # The client address: REMOTE_ADDR, unless web sits behind REVERSE_PROXY_COUNT
 # proxies that each append to X-Forwarded-For. Then the client is the entry that
 # the first proxy appended; a chain of another length (a client that sent its
