@@ -39,7 +39,20 @@ class JobRunAdmin(ReadOnlyAdmin):
     list_select_related = False
     show_full_result_count = False  # COUNT(*) over a large history is slow
     fieldsets = (
-        (None, {"fields": ("id", "job", "schedule", "schedule_name", "status", "attempt")}),
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "job",
+                    "schedule",
+                    "schedule_name",
+                    ("origin", "requested_by"),
+                    "status",
+                    "attempt",
+                )
+            },
+        ),
         (
             "Timing (UTC)",
             {

@@ -190,6 +190,9 @@ def test_it_runs_a_schedule_now_with_its_policy_recorded_as_manual_by_whoever_pr
     assert messages[0].startswith("Started 1 run by hand: ")
     assert f"/admin/jobs/jobrun/{run.pk}/change/" in messages[0]
     assert "on queue admin-action-tests" in messages[0]
+    page = client.get(f"/admin/jobs/jobrun/{run.pk}/change/").content.decode()
+    assert '<div class="readonly">manual: run now in the admin</div>' in page
+    assert '<div class="readonly">alice</div>' in page
 
 
 def test_a_schedule_without_a_policy_queue_runs_on_its_jobs_queue_with_its_limits(
