@@ -17,7 +17,7 @@ import json
 import traceback as tb
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -287,6 +287,53 @@ def record_lost_process(
         traceback="",
     )
     return RunStatus.LOST if won else None
+
+
+# Beyond twice the visibility timeout after an attempt started, it has met its
+# hard limit (kept below the timeout: scheduler.E006) and any copy of its
+# message has been given back (kombu sweeps for expired messages about every
+# 100 s); the margin covers that sweep and clock skew between hosts.
+ABANDONED_MARGIN_SECONDS = 600
+
+
+def record_abandoned_attempts(now: datetime | None = None, limit: int = 100) -> int:
+    """Record ``lost`` the runs still ``running`` on a dead worker that nothing will end; return how many.
+
+    Normally a dead attempt is ended by its message: the broker gives it back
+    and the copy takes the attempt over. That cannot happen when no message is
+    left: a copy ignored while the attempt ran was acknowledged, so if the
+    worker then died, nothing comes back. A run is abandoned when it started
+    more than twice the visibility timeout (plus ``ABANDONED_MARGIN_SECONDS``)
+    ago and its attempt is not alive (``attempt_is_alive``: no fresh presence
+    from the process that started it). A live attempt is never touched, and if
+    a dead-looking one reports its end after all, that end replaces ``lost``.
+    Called by every worker's presence thread; each run is one guarded UPDATE.
+    """
+    now = now or timezone.now()
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout") or 3600
+    cutoff = now - timedelta(seconds=2 * timeout + ABANDONED_MARGIN_SECONDS)
+    candidates = (
+        JobRun.objects.filter(status=RunStatus.RUNNING, started_at__lt=cutoff)
+        .exclude(attempt_is_alive(now))
+        .values_list("pk", "attempt", "worker", "started_at")[:limit]
+    )
+    recorded = 0
+    for pk, attempt, worker, started_at in candidates:
+        recorded += (
+            JobRun.objects.filter(pk=pk, status=RunStatus.RUNNING, attempt=attempt, worker=worker)
+            .exclude(attempt_is_alive(now))
+            .update(
+                status=RunStatus.LOST,
+                finished_at=now,
+                duration_ms=max(0, _millis(now, started_at)),
+                error_type="WorkerLostError",
+                error_message=(
+                    f"attempt {attempt} was lost: its worker {worker or '?'} stopped while running it, and "
+                    f"no copy of its message came back to take it over within {2 * timeout} s"
+                ),
+            )
+        )
+    return recorded
 
 
 def finish_run(

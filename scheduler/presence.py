@@ -56,17 +56,25 @@ def forget_worker(hostname: str) -> None:
 
 
 def keep_presence_fresh(hostname: str, queues: list[str], jobs: list[str], stop: threading.Event) -> None:
-    """Loop of the worker's presence thread.
+    """Loop of the worker's presence thread; it also ends runs abandoned by dead workers.
 
     It outlives any error: a thread stopped silently would make this worker's
     running attempts look dead to a redelivered message.
     """
+    from jobs.runs import record_abandoned_attempts  # jobs.runs imports this module
+
     while not stop.wait(REFRESH_SECONDS):
         try:
             close_old_connections()
             record_worker(hostname, queues, jobs)
         except Exception as exc:
             logger.warning("worker presence not refreshed: %s", exc)
+            continue
+        try:
+            if abandoned := record_abandoned_attempts():
+                logger.warning("%d runs abandoned by dead workers recorded lost", abandoned)
+        except Exception as exc:
+            logger.warning("runs abandoned by dead workers not looked for: %s", exc)
 
 
 def attempt_is_alive(now: datetime | None = None) -> Exists:

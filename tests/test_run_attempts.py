@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from jobs import runs
@@ -306,3 +307,31 @@ def test_it_changes_nothing_for_a_dead_pool_process_on_another_worker():
 
     assert runs.record_lost_process(str(run.pk), worker=SECOND, max_attempts=1, reason="signal 9") is None
     assert fields(run) == before
+
+
+# -- A run nothing will end ------------------------------------------------------------
+
+
+def abandoned_after() -> float:
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    return 2 * timeout + runs.ABANDONED_MARGIN_SECONDS
+
+
+def test_it_records_lost_a_run_left_running_by_a_dead_worker_with_no_message_to_come_back():
+    abandoned = running_run(started_ago=abandoned_after() + 60)  # its worker has no presence
+    younger = running_run(started_ago=abandoned_after() - 60)
+
+    assert runs.record_abandoned_attempts() == 1
+
+    lost = JobRun.objects.get(pk=abandoned.pk)
+    assert (lost.status, lost.error_type) == (RunStatus.LOST, "WorkerLostError")
+    assert lost.error_message.startswith(f"attempt 1 was lost: its worker {FIRST} stopped while running it")
+    assert JobRun.objects.get(pk=younger.pk).status == RunStatus.RUNNING
+
+
+def test_it_never_records_lost_a_long_run_whose_worker_is_alive():
+    old = running_run(started_ago=abandoned_after() + 60)
+    presence(FIRST, started_ago=abandoned_after() + 600)
+
+    assert runs.record_abandoned_attempts() == 0
+    assert JobRun.objects.get(pk=old.pk).status == RunStatus.RUNNING
