@@ -210,10 +210,12 @@ class JobTask(Task):
             raise
         except Exception as exc:
             error = runs.RunError.from_exception(exc)
-            if request.retries < (self.max_retries or 0):
+            # Attempts count from the run's record, not the message: a lost
+            # attempt's retry is the same message, requeued.
+            if run.attempt <= (self.max_retries or 0):
                 countdown = get_exponential_backoff_interval(
                     factor=self.retry_backoff_seconds,
-                    retries=request.retries,
+                    retries=run.attempt - 1,
                     maximum=self.retry_backoff_max_seconds,
                     full_jitter=True,
                 )
