@@ -188,7 +188,7 @@ class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
                 format_html(
                     "Started {} by hand: {}.",
                     counted(runs.sent, "run"),
-                    format_html_join(", ", "{}", ((run_link(run),) for run in runs.sent)),
+                    run_links(runs.sent),
                 ),
                 messages.SUCCESS,
             )
@@ -200,7 +200,7 @@ class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
                     "Beat sends {} as soon as the broker is back; do not run {} again, or {} twice.",
                     runs.broker_error,
                     counted(runs.outbox, "run") + (" is" if len(runs.outbox) == 1 else " are"),
-                    format_html_join(", ", "{}", ((run_link(run),) for run in runs.outbox)),
+                    run_links(runs.outbox),
                     *(("it", "it", "it runs") if len(runs.outbox) == 1 else ("them", "them", "they run")),
                 ),
                 messages.WARNING,
@@ -220,13 +220,17 @@ def counted(items: list, noun: str = "schedule") -> str:
     return f"{label}: {name_list(items)}" if items and isinstance(items[0], str) else label
 
 
-def run_link(run: JobRun) -> str:
-    return format_html(
-        '<a href="{}">{}</a> on queue {}',
-        reverse("admin:jobs_jobrun_change", args=[run.pk]),
-        f"“{run.schedule_name}”",
-        run.queue,
+def run_links(runs: list[JobRun], limit: int = 10) -> str:
+    """Links to the first ``limit`` runs' pages, each with its queue."""
+    links = format_html_join(
+        ", ",
+        '<a href="{}">“{}”</a> on queue {}',
+        (
+            (reverse("admin:jobs_jobrun_change", args=[run.pk]), run.schedule_name, run.queue)
+            for run in runs[:limit]
+        ),
     )
+    return links if len(runs) <= limit else format_html("{} and {} more", links, len(runs) - limit)
 
 
 class CrontabForm(forms.ModelForm):

@@ -213,6 +213,17 @@ def test_a_schedule_without_a_policy_queue_runs_on_its_jobs_queue_with_its_limit
     assert [h["id"] for h in published(redis_client, job.queue)] == [str(run.pk)]
 
 
+def test_running_many_schedules_names_the_first_ten_in_the_message(client, engine):
+    tasks = [every_10_seconds(f"s{i:02}") for i in range(12)]
+
+    _, messages = post_action(client, "run_tasks", *tasks)
+
+    assert JobRun.objects.filter(origin=RunOrigin.MANUAL).count() == 12
+    assert messages[0].startswith("Started 12 runs by hand: ")
+    assert messages[0].count("<a href=") == 10
+    assert messages[0].endswith(" and 2 more.")
+
+
 def test_a_run_now_at_the_instant_of_a_slot_leaves_the_slot_to_beat(client, engine):
     task = every_10_seconds("every 10 s")
     engine.load(now=T0)
