@@ -26,7 +26,7 @@ from django_celery_beat.models import PeriodicTask
 
 from jobs.client import Delivery, dispatch
 from jobs.models import JobRun, RunOrigin
-from scheduler.beat.entries import ROW_FIELDS, EntryFactory, job_defaults
+from scheduler.beat.entries import EntryFactory, job_defaults, orm_rows
 from scheduler.changes import record_changes
 from scheduler.validation import validate_periodic_task
 
@@ -156,7 +156,7 @@ def run_schedules_now(queryset: QuerySet[PeriodicTask], requested_by: str) -> Ru
     ids = list(queryset.order_by("pk").values_list("pk", flat=True))
     factory = EntryFactory(job_defaults())
     tasks = PeriodicTask.objects.in_bulk(ids)
-    rows = PeriodicTask.objects.filter(pk__in=ids).order_by("pk").values_list(*ROW_FIELDS)
+    rows = orm_rows(PeriodicTask.objects.filter(pk__in=ids).order_by("pk"))
     for row in rows:
         task = tasks[row[0]]
         try:
