@@ -87,6 +87,21 @@ def beat(service_env, logs_dir) -> Iterable[Service]:
 
 
 @pytest.fixture
+def beat_engine(clean_queues):
+    """Beat's engine in-process on the real database and broker, reading the change log every tick.
+
+    Time is the caller's: pass ``now=`` to ``load`` and ``tick``.
+    """
+    from scheduler.beat.engine import BeatEngine
+    from scheduler.celery import app
+
+    publish_catalog(worker="tests")
+    engine = BeatEngine(app, poll_interval=0, fallback_poll_interval=0)
+    yield engine
+    engine.close()  # its LISTEN connection would keep the test database from being dropped
+
+
+@pytest.fixture
 def clean_queues(redis_client) -> None:
     """Empty the job queues (not the routing keys the worker declared)."""
     for queue in QUEUES.split(","):

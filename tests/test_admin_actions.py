@@ -21,10 +21,8 @@ from django.contrib.auth.models import Permission
 from django.db import connection
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from jobs.catalog import publish_catalog
 from jobs.client import dispatch
 from jobs.models import JobDefinition, JobRun, OutboxBatch, RunOrigin, RunStatus
-from scheduler.beat.engine import BeatEngine
 from scheduler.models import ScheduleChange, SchedulePolicy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -36,14 +34,9 @@ QUEUE = "admin-action-tests"
 
 
 @pytest.fixture
-def engine(redis_client, clean_queues):
+def engine(beat_engine, redis_client):
     redis_client.delete(QUEUE)
-    publish_catalog(worker="tests")
-    from scheduler.celery import app
-
-    engine = BeatEngine(app, poll_interval=0, fallback_poll_interval=0)
-    yield engine
-    engine.close()
+    return beat_engine
 
 
 @pytest.fixture

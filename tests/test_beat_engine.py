@@ -16,7 +16,6 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from jobs.catalog import publish_catalog
 from jobs.models import JobRun, OutboxBatch, RunStatus
 from scheduler.beat.engine import BeatEngine
 from scheduler.models import CatchUp, SchedulePolicy
@@ -28,14 +27,9 @@ T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def engine(redis_client, clean_queues):
+def engine(beat_engine, redis_client):
     redis_client.delete(QUEUE)
-    publish_catalog(worker="tests")
-    from scheduler.celery import app
-
-    engine = BeatEngine(app, poll_interval=0, fallback_poll_interval=0)
-    yield engine
-    engine.close()  # its LISTEN connection would keep the test database from being dropped
+    return beat_engine
 
 
 def every(seconds: int) -> IntervalSchedule:

@@ -24,7 +24,6 @@ from django_celery_beat.models import (
     SolarSchedule,
 )
 
-from jobs.catalog import publish_catalog
 from jobs.models import JobRun
 from scheduler.beat.engine import BeatEngine
 from scheduler.models import SchedulePolicy
@@ -36,14 +35,9 @@ QUEUE = "quarantine-tests"  # no test worker consumes it
 
 
 @pytest.fixture
-def engine(redis_client):
+def engine(beat_engine, redis_client):
     redis_client.delete(QUEUE)
-    publish_catalog(worker="tests")
-    from scheduler.celery import app
-
-    engine = BeatEngine(app, poll_interval=0, fallback_poll_interval=0)
-    yield engine
-    engine.close()
+    return beat_engine
 
 
 def sql(statement: str, params: list) -> None:

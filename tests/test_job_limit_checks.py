@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.test import override_settings
 
 from jobs.client import dispatch
-from tests.support.processes import start_worker
+from tests.support.processes import exit_code, start_worker
 
 SHORT_VISIBILITY = {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"}
 
@@ -39,10 +39,6 @@ def test_a_worker_refuses_to_start_when_a_jobs_default_limits_cannot_hold(servic
     service = start_worker(
         {**service_env, "BROKER_VISIBILITY_TIMEOUT": "100"}, logs_dir, name="short-visibility"
     )
-    try:
-        code = service.process.wait(timeout=60)
-    finally:
-        service.stop()
-    assert code != 0
+    assert exit_code(service) != 0
     assert "refusing to start" in service.log()
     assert "scheduler.E006" in service.log()

@@ -9,31 +9,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import free_port
+from tests.support.processes import free_port, http_status, port_open
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 (loopback)
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
 
 
 def wait_until(condition, timeout: float, what: str, log: Path) -> None:
@@ -43,12 +30,6 @@ def wait_until(condition, timeout: float, what: str, log: Path) -> None:
             return
         time.sleep(1)
     raise AssertionError(f"{what} not within {timeout:.0f} s; log tail:\n{log.read_text()[-5000:]}")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def processes_under(path: Path) -> list[str]:

@@ -10,19 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from scheduler.management.commands.runplatform import Child, Supervisor
-from tests.support.processes import ROOT, free_port
+from tests.support.processes import ROOT, free_port, http_status, port_open
 
 LOGGER = "scheduler.management.commands.runplatform"
 
@@ -114,22 +111,6 @@ def test_it_gives_up_on_the_fifth_crash_of_one_child_within_a_minute(supervisor,
 
 
 # --- The command itself ------------------------------------------------------------
-
-
-def http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 (loopback)
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def children_by_role(pid: int) -> dict[str, int]:

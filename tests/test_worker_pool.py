@@ -5,18 +5,14 @@ from __future__ import annotations
 import pytest
 
 from scheduler.celery import PoolCannotEnforceTimeLimits, check_pool_enforces_time_limits
-from tests.support.processes import start_worker
+from tests.support.processes import exit_code, start_worker
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pool", ["solo", "threads"])
 def test_it_refuses_to_start_a_worker_whose_pool_cannot_enforce_limits(pool, service_env, logs_dir):
     service = start_worker(service_env, logs_dir, name=f"refused-{pool}", pool=pool)
-    try:
-        code = service.process.wait(timeout=60)
-    finally:
-        service.stop()
-    assert code != 0
+    assert exit_code(service) != 0
     assert "cannot enforce hard time limits" in service.log()
     assert "--pool=prefork" in service.log()
 
