@@ -10,9 +10,6 @@ every tick here, every 0.25 s on SQLite and on each NOTIFY on PostgreSQL).
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,6 +21,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from jobs.client import dispatch
 from jobs.models import JobDefinition, JobRun, OutboxBatch, RunOrigin, RunStatus
 from scheduler.models import ScheduleChange, SchedulePolicy
+from tests.support.broker import app_broker, closed_port_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -245,26 +243,10 @@ def test_run_now_refuses_a_schedule_that_does_not_validate_and_runs_the_others(c
     assert "'reports.gone'" in messages[1]
 
 
-@contextmanager
-def broker_unreachable() -> Iterator[None]:
-    """Point the Celery app at a port where nothing listens, as when Redis is down."""
-    from scheduler.celery import app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
-    working = app.conf.broker_url
-    app.conf.broker_url = f"redis://127.0.0.1:{closed_port}/0"
-    try:
-        yield
-    finally:
-        app.conf.broker_url = working
-
-
 def test_with_the_broker_down_run_now_keeps_the_run_in_the_outbox_and_says_so(client, engine):
     task = every_10_seconds("report now")
 
-    with broker_unreachable():
+    with app_broker(closed_port_url()):
         _, messages = post_action(client, "run_tasks", task)
 
     run = JobRun.objects.get(schedule=task)
@@ -279,7 +261,7 @@ def test_with_the_broker_down_run_now_keeps_the_run_in_the_outbox_and_says_so(cl
 
 
 def test_beat_sends_a_run_now_left_in_the_outbox_once_the_broker_is_back(client, engine, redis_client):
-    with broker_unreachable():
+    with app_broker(closed_port_url()):
         post_action(client, "run_tasks", every_10_seconds("report now"))
     assert OutboxBatch.objects.exists()
 

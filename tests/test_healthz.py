@@ -10,23 +10,16 @@ import logging
 
 import pytest
 
-from scheduler.celery import app
-from tests.support.processes import free_port
+from tests.support.broker import app_broker, closed_port_url
 
 BROKER_PASSWORD = "hunter2-broker"  # noqa: S105 (a test value that must never be shown)
 
 
 @pytest.fixture
 def unreachable_broker():
-    """Point the web process's Celery app at a port where nothing listens."""
-    port = free_port()
-    url = f"redis://healthz-user:{BROKER_PASSWORD}@127.0.0.1:{port}/0"
-    previous = app.conf.broker_write_url
-    app.conf.broker_write_url = url
-    try:
-        yield port
-    finally:
-        app.conf.broker_write_url = previous
+    """Point the web process's Celery app at a port where nothing listens; yield the port."""
+    with app_broker(closed_port_url(f"healthz-user:{BROKER_PASSWORD}@")) as url:
+        yield int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 @pytest.mark.django_db
