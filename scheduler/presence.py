@@ -1,7 +1,7 @@
 """Which workers are alive and what they serve; schedules nobody serves get flagged.
 
 Each worker's main process writes its row at start and every
-``REFRESH_SECONDS`` after (a daemon thread), and deletes it on shutdown. A row
+``WORKER_PRESENCE_REFRESH_SECONDS`` after (a daemon thread), and deletes it on shutdown. A row
 older than ``LIVE_SECONDS`` is a dead worker. Beat compares every schedule's
 (queue, job) with what live workers serve and writes a ``problem`` on the
 schedule's policy instead of letting its messages pile up unnoticed.
@@ -19,6 +19,7 @@ import threading
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from django.db import close_old_connections
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
@@ -28,8 +29,7 @@ from scheduler.models import SchedulePolicy, WorkerPresence
 
 logger = logging.getLogger(__name__)
 
-REFRESH_SECONDS = 30
-LIVE_SECONDS = 90
+LIVE_SECONDS = 90  # three refreshes at the default WORKER_PRESENCE_REFRESH_SECONDS
 
 # When this process started, as far as attempts are concerned. jobs.runs (so
 # jobs.framework) imports this module, and a worker's main process imports the
@@ -63,7 +63,7 @@ def keep_presence_fresh(hostname: str, queues: list[str], jobs: list[str], stop:
     """
     from jobs.runs import record_abandoned_attempts  # jobs.runs imports this module
 
-    while not stop.wait(REFRESH_SECONDS):
+    while not stop.wait(settings.WORKER_PRESENCE_REFRESH_SECONDS):
         try:
             close_old_connections()
             record_worker(hostname, queues, jobs)

@@ -236,6 +236,8 @@ JOB_DEFAULT_SOFT_TIME_LIMIT = envint("JOB_DEFAULT_SOFT_TIME_LIMIT", 300, minimum
 JOB_DEFAULT_HARD_TIME_LIMIT = envint("JOB_DEFAULT_HARD_TIME_LIMIT", 360, minimum=1)
 # A message not started this long after its slot is not executed (run: missed).
 JOB_DEFAULT_STARTING_DEADLINE = envint("JOB_DEFAULT_STARTING_DEADLINE", 3600, minimum=1)
+# How often a worker re-publishes its presence; one silent for 90 s counts as dead.
+WORKER_PRESENCE_REFRESH_SECONDS = envint("WORKER_PRESENCE_REFRESH_SECONDS", 30, minimum=1)
 # The shortest interval a schedule may have (seconds): below it, a schedule is a flood.
 SCHEDULE_MIN_INTERVAL_SECONDS = envfloat("SCHEDULE_MIN_INTERVAL_SECONDS", 1.0)
 RUN_TRACEBACK_LIMIT = 8000  # characters of traceback kept on a run

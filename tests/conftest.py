@@ -61,6 +61,9 @@ def service_env(django_db_setup, django_db_blocker, fake_sentry, redis_client, t
         "VAR_DIR": str(tmp_path_factory.mktemp("var")),
         "PYTHONUNBUFFERED": "1",
         "BEAT_MAX_LOOP_INTERVAL": "1",
+        # Transactional tests empty every table after each test, presence too:
+        # workers write theirs again within seconds, not half a minute.
+        "WORKER_PRESENCE_REFRESH_SECONDS": "2",
     }
 
 

@@ -68,10 +68,19 @@ def unacked_tag_of(redis_client: redis.Redis, run: JobRun) -> str | None:
 
 def give_back_as_after_the_visibility_timeout(redis_client: redis.Redis, run: JobRun) -> None:
     """Put the run's unacked message back in its queue exactly as kombu does after the timeout."""
+    wait_for_presence(JobRun.objects.get(pk=run.pk).worker)
     tag = unacked_tag_of(redis_client, run)
     assert tag is not None, f"no unacked message for run {run.pk}: {redis_client.hgetall(UNACKED)!r}"
     with app.connection_for_write() as conn:
         conn.default_channel.qos.restore_by_tag(tag)
+
+
+def wait_for_presence(hostname: str, timeout: float = 15.0) -> None:
+    """Wait for ``hostname``'s presence row (the flush after a transactional test deletes it)."""
+    deadline = time.monotonic() + timeout
+    while not WorkerPresence.objects.filter(hostname=hostname).exists():
+        assert time.monotonic() < deadline, f"worker {hostname} published no presence within {timeout} s"
+        time.sleep(0.2)
 
 
 def watch_until_finished(run: JobRun, timeout: float) -> tuple[JobRun, set[str]]:
