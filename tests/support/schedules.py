@@ -14,7 +14,7 @@ from scheduler.models import SchedulePolicy
 
 
 def make_interval_schedules(
-    count: int, every_seconds: int, anchor: datetime, queue: str, prefix: str = "s"
+    count: int, every_seconds: int, anchor: datetime, queue: str, prefix: str = "s", catchup: str = "latest"
 ) -> list[int]:
     """``count`` heartbeat schedules every ``every_seconds``, slots at anchor + k × every.
 
@@ -29,7 +29,10 @@ def make_interval_schedules(
     ids = list(PeriodicTask.objects.filter(name__startswith=f"{prefix}-").values_list("pk", flat=True))
     now = timezone.now()
     SchedulePolicy.objects.bulk_create(
-        [SchedulePolicy(task_id=pk, anchor=anchor, queue=queue, slug=f"{prefix}{pk}") for pk in ids],
+        [
+            SchedulePolicy(task_id=pk, anchor=anchor, queue=queue, slug=f"{prefix}{pk}", catchup=catchup)
+            for pk in ids
+        ],
         batch_size=1000,
     )
     SchedulePolicy.objects.filter(task_id__in=ids).update(created_at=now)
