@@ -223,7 +223,7 @@ def register_live_worker(queues: list[str], jobs: list[str]) -> bool:
     flags every schedule (see the report). Returns False if the model is absent.
     """
     try:
-        from scheduler.models import WorkerPresence
+        from jobs.models import WorkerPresence
     except ImportError:
         return False
     WorkerPresence.objects.update_or_create(

@@ -24,21 +24,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs.catalog import validate_job_call
+from jobs.limits import validate_time_limits
 from jobs.models import JobRun, OutboxBatch, RunOrigin, RunStatus
-from scheduler.models import validate_time_limits
+from lib.sequences import chunks
+from settings.celery_app import app
 
 if TYPE_CHECKING:
     from django_celery_beat.models import PeriodicTask
 
 logger = logging.getLogger(__name__)
-
-# Keep IN (...) lists below SQLite's and Postgres' comfortable limits.
-CHUNK = 900
-
-
-def chunks(items: Sequence, size: int = CHUNK):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -225,8 +219,6 @@ def dispatch(
     own transaction is still open (the attribute changes at its commit).
     A broker failure never raises.
     """
-    from scheduler.celery import app
-
     if origin == RunOrigin.BEAT:
         raise ValueError("beat's runs are claimed slots (scheduler.beat.dispatch), not dispatches")
     args, kwargs = list(args or []), dict(kwargs or {})

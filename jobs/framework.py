@@ -53,7 +53,7 @@ from django.utils import timezone
 from jobs import runs
 from jobs.catalog import describe_parameters
 from jobs.models import JobRun, RunStatus
-from scheduler.celery import app
+from settings.celery_app import app
 
 logger = logging.getLogger(__name__)
 

@@ -194,3 +194,30 @@ class RunSummaryReport(models.Model):
 
     def __str__(self) -> str:
         return f"Run summary {self.window_start:%Y-%m-%d %H:%M} – {self.window_end:%Y-%m-%d %H:%M} UTC"
+
+
+class WorkerPresence(models.Model):
+    """A live worker: which queues it consumes and which jobs it serves.
+
+    ``started_at`` tells one process under a hostname from the next: a worker
+    restarted after a crash publishes fresh presence under the same name, but
+    a run's attempt that started before ``started_at`` was the dead process's.
+    """
+
+    hostname = models.CharField(max_length=255, primary_key=True)
+    queues = models.JSONField(default=list)
+    jobs = models.JSONField(default=list)
+    last_seen_at = models.DateTimeField()
+    started_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the worker process publishing this row started; empty: unknown "
+        "(its attempts are not taken for alive).",
+    )
+
+    class Meta:
+        # Created by the scheduler app before presence moved here; the table keeps its name.
+        db_table = "scheduler_workerpresence"
+
+    def __str__(self) -> str:
+        return self.hostname

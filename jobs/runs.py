@@ -25,7 +25,7 @@ from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from jobs.models import STARTABLE_STATUSES, JobRun, RunStatus
-from scheduler.presence import attempt_is_alive
+from jobs.workers import attempt_is_alive
 
 
 @dataclass(frozen=True)

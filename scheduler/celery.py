@@ -1,23 +1,23 @@
-"""The Celery application shared by web (send-only), worker and beat.
+"""What a worker does at start and stop, around the Celery app (``settings.celery_app``).
 
-Configured from Django settings (``CELERY_*``). A worker refuses to start with
-a pool that cannot enforce hard time limits: Celery enforces ``time_limit``
-only in the prefork pool, and a job that can run forever breaks the platform's
-guarantee that every run ends.
+``celery -A scheduler`` loads this module (through ``scheduler/__init__``),
+so its signal handlers are connected in every worker and beat. A worker
+refuses to start with a pool that cannot enforce hard time limits: Celery
+enforces ``time_limit`` only in the prefork pool, and a job that can run
+forever breaks the platform's guarantee that every run ends. It refuses job
+defaults whose limits cannot hold (check ``scheduler.E006``), publishes the
+job catalog and its presence, and withdraws its presence on shutdown.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 
-from celery import Celery, signals
+from celery import signals
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
+from settings.celery_app import app
 
-app = Celery("beatplatform")
-app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["jobs"], related_name="tasks")
+__all__ = ["app"]
 
 LIMIT_ENFORCING_POOLS = ("celery.concurrency.prefork",)
 
@@ -70,7 +70,7 @@ def _fresh_sentry_client_in_each_child(**_kwargs) -> None:
     """
     from django.conf import settings
 
-    from scheduler.observability import init_sentry
+    from lib.sentry import init_sentry
 
     if settings.SENTRY_DSN:
         init_sentry(
@@ -88,7 +88,8 @@ def _announce_worker(sender=None, **_kwargs) -> None:
     """Publish the job catalog and this worker's presence (refreshed in the background)."""
     from jobs.catalog import publish_catalog
     from jobs.framework import JOB_SPECS
-    from scheduler.presence import keep_presence_fresh, record_worker
+    from jobs.runs import record_abandoned_attempts
+    from jobs.workers import keep_presence_fresh, record_worker
 
     hostname = sender.hostname
     publish_catalog(worker=hostname)
@@ -96,13 +97,15 @@ def _announce_worker(sender=None, **_kwargs) -> None:
     jobs = sorted(JOB_SPECS)
     record_worker(hostname, queues, jobs)
     threading.Thread(
-        target=keep_presence_fresh, args=(hostname, queues, jobs, _presence_stop), daemon=True
+        target=keep_presence_fresh,
+        args=(hostname, queues, jobs, _presence_stop, record_abandoned_attempts),
+        daemon=True,
     ).start()
 
 
 @signals.worker_shutdown.connect
 def _withdraw_worker(sender=None, **_kwargs) -> None:
-    from scheduler.presence import forget_worker
+    from jobs.workers import forget_worker
 
     _presence_stop.set()
     if sender is not None:

@@ -14,9 +14,7 @@ from django.db import models
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from scheduler.validation import validate_policy, validate_time_limits
-
-__all__ = ["validate_time_limits"]  # re-exported: dispatch checks its limits with it
+from scheduler.validation import validate_policy
 
 
 class CatchUp(models.TextChoices):
@@ -131,26 +129,3 @@ class BeatLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.holder or 'nobody'} (token {self.token})"
-
-
-class WorkerPresence(models.Model):
-    """A live worker: which queues it consumes and which jobs it serves.
-
-    ``started_at`` tells one process under a hostname from the next: a worker
-    restarted after a crash publishes fresh presence under the same name, but
-    a run's attempt that started before ``started_at`` was the dead process's.
-    """
-
-    hostname = models.CharField(max_length=255, primary_key=True)
-    queues = models.JSONField(default=list)
-    jobs = models.JSONField(default=list)
-    last_seen_at = models.DateTimeField()
-    started_at = models.DateTimeField(
-        null=True,
-        blank=True,
-        help_text="When the worker process publishing this row started; empty: unknown "
-        "(its attempts are not taken for alive).",
-    )
-
-    def __str__(self) -> str:
-        return self.hostname

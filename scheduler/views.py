@@ -13,7 +13,7 @@ from django.db import DatabaseError, connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 
-from scheduler.celery import app
+from settings.celery_app import app
 
 logger = logging.getLogger(__name__)
 

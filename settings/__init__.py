@@ -267,6 +267,6 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-from scheduler.observability import init_sentry  # noqa: E402  (needs the values above)
+from lib.sentry import init_sentry  # noqa: E402  (needs the values above)
 
 init_sentry(SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)

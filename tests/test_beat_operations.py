@@ -9,9 +9,11 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from jobs.models import WorkerPresence
+from jobs.workers import record_worker
 from scheduler.beat.lease import Lease
-from scheduler.models import SchedulePolicy, WorkerPresence
-from scheduler.presence import flag_unserved, record_worker
+from scheduler.models import SchedulePolicy
+from scheduler.presence import flag_unserved
 from tests.support.schedules import every_minute_heartbeat_entry
 
 pytestmark = pytest.mark.django_db

@@ -29,9 +29,8 @@ import redis
 from django.conf import settings
 
 from jobs.client import dispatch
-from jobs.models import JobRun, RunStatus
+from jobs.models import JobRun, RunStatus, WorkerPresence
 from scheduler.celery import app
-from scheduler.models import WorkerPresence
 from tests.conftest import wait_for_run
 from tests.support.processes import Service, celery
 from tests.test_redelivery import children_of

@@ -16,9 +16,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from jobs import runs
-from jobs.models import JobRun, RunStatus
-from scheduler.models import WorkerPresence
-from scheduler.presence import LIVE_SECONDS, PROCESS_STARTED_AT, record_worker
+from jobs.models import JobRun, RunStatus, WorkerPresence
+from jobs.workers import LIVE_SECONDS, PROCESS_STARTED_AT, record_worker
 
 pytestmark = pytest.mark.django_db
 

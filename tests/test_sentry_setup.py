@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from scheduler.observability import SCRUBBED, init_sentry, scrub_event
+from lib.sentry import SCRUBBED, init_sentry, scrub_event
 
 
 def test_no_dsn_means_sentry_is_off_and_says_so(caplog):

@@ -34,8 +34,9 @@ from django.db.models import Case, Value, When
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from jobs.client import CHUNK, chunks, record_outbox
+from jobs.client import record_outbox
 from jobs.models import ACTIVE_STATUSES, JobRun, RunStatus
+from lib.sequences import CHUNK, chunks
 from scheduler.beat.entries import Entry
 from scheduler.models import Overlap, SchedulePolicy
 

@@ -1,0 +1,1 @@
+"""Helpers that are not an app: small, generic, importable from every app (they import none)."""

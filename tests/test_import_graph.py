@@ -1,0 +1,23 @@
+"""The apps depend one way: scheduler on jobs, both on lib, none of them from settings.
+
+import-linter reads every import statement, function-local ones included (a
+function-local import is how the old circle between the apps hid), against
+the contracts in ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_it_keeps_every_import_contract():
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run(
+        [str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "3 kept, 0 broken" in result.stdout
