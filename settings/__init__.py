@@ -192,8 +192,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 if CELERY_BROKER_URL.startswith("redis://"):
     # kombu's Redis transport, except that a channel keeps its connection
     # parameters: with kombu 5.7 a worker whose Redis went down while a job ran
-    # died restoring the job's message (scheduler/broker.py says how).
-    CELERY_BROKER_TRANSPORT = "scheduler.broker:Transport"
+    # died restoring the job's message (lib/redis_transport.py says how).
+    CELERY_BROKER_TRANSPORT = "lib.redis_transport:Transport"
 # A job keeps running through a broker outage (its run is recorded in the
 # database, not in Redis) instead of being killed; Celery 6 flips this default.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False

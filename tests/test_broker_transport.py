@@ -26,14 +26,14 @@ pytestmark = pytest.mark.slow
 
 def test_the_app_uses_our_transport_for_redis_urls():
     assert settings.CELERY_BROKER_URL.startswith("redis://")
-    assert settings.CELERY_BROKER_TRANSPORT == "scheduler.broker:Transport"
+    assert settings.CELERY_BROKER_TRANSPORT == "lib.redis_transport:Transport"
 
 
 def test_a_channel_restores_and_acks_after_its_connection_was_collected(tmp_path):
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     server = start_embedded_redis(port, tmp_path, append_only=True)
-    connection = Connection(url, transport="scheduler.broker:Transport")
+    connection = Connection(url, transport="lib.redis_transport:Transport")
     try:
         with Connection(url) as publisher:
             publisher.SimpleQueue("jobs").put({"n": 1})

@@ -7,7 +7,7 @@ job ends after Redis is back) or 30 s (it ends while Redis is down), starts it
 again and checks that the worker is still the same process, that the run is
 recorded once and correctly, and that a new run is served afterwards.
 
-Before ``scheduler/broker.py`` the worker died at the connection loss with
+Before ``lib/redis_transport.py`` the worker died at the connection loss with
 ``AttributeError: 'NoneType' object has no attribute 'hostname'``.
 """
 
