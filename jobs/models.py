@@ -114,6 +114,12 @@ class JobRun(models.Model):
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Not columns: what became of a dispatched run's message, set on the
+    # instance that dispatching returns (a ``Delivery`` value, and why the
+    # broker did not take it).
+    delivery: str
+    delivery_error: str
+
     class Meta:
         ordering = ["-scheduled_for"]
         constraints = [

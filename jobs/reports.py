@@ -16,6 +16,7 @@ import csv
 import io
 import math
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connection
 from django.db.models import Aggregate, Count, FloatField, Max, Q
@@ -74,7 +75,9 @@ def summarize_runs(window_start: datetime, window_end: datetime) -> list[dict]:
         aggregates["p50_duration_ms"] = PercentileCont("duration_ms", 0.5)
         aggregates["p95_duration_ms"] = PercentileCont("duration_ms", 0.95)
     rows = []
-    for row in runs.values("job").annotate(**aggregates).order_by("job"):
+    for values in runs.values("job").annotate(**aggregates).order_by("job"):
+        # The aggregates are built at run time, so the plugin's row type knows only "job".
+        row: dict[str, Any] = dict(values)
         if not use_percentile_cont:
             timed = runs.filter(job=row["job"], duration_ms__isnull=False)
             row["p50_duration_ms"] = _nearest_rank(timed, "duration_ms", 0.5, row["timed"])

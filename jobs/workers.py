@@ -105,7 +105,7 @@ def attempt_is_alive(now: datetime | None = None) -> Exists:
 
 def served_pairs(now=None) -> set[tuple[str, str]]:
     now = now or timezone.now()
-    pairs = set()
+    pairs: set[tuple[str, str]] = set()
     for queues, jobs in WorkerPresence.objects.filter(
         last_seen_at__gte=now - timedelta(seconds=LIVE_SECONDS)
     ).values_list("queues", "jobs"):

@@ -45,7 +45,9 @@ class Channel(kombu_redis.Channel):
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if asynchronous not in self._kept_connparams:
-            self._kept_connparams[asynchronous] = super()._connparams(asynchronous=asynchronous)
+            # celery-types' kombu stubs leave out this private method of the Redis channel.
+            kept = super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+            self._kept_connparams[asynchronous] = kept
         # A copy: redis-py's pool keeps the dict it is given.
         return dict(self._kept_connparams[asynchronous])
 

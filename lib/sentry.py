@@ -19,6 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.django import DjangoIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
+from sentry_sdk.types import Event, Hint
 from sentry_sdk.utils import BadDsn, Dsn
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def init_sentry(dsn: str, *, environment: str, traces_sample_rate: float = 0.0) 
     return True
 
 
-def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any]:
+def scrub_event(event: Event, hint: Hint | None = None) -> Event:
     """Replace secret-looking values in an event; never returns ``None``.
 
     Edge cases: check-ins are returned as they are (dropping one would make

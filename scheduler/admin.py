@@ -65,7 +65,8 @@ class PeriodicTaskForm(BeatPeriodicTaskForm):
 
     def _post_clean(self):
         """Run the save-time check on the instance as it will be saved, so it is a form error, not a 500."""
-        super()._post_clean()
+        # django-stubs leaves out ModelForm's private _post_clean, which Django calls after clean().
+        super()._post_clean()  # type: ignore[misc]
         if self.errors:
             return
         try:
@@ -133,7 +134,8 @@ admin.site.unregister(PeriodicTask)
 class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
     form = PeriodicTaskForm
     inlines = [SchedulePolicyInline]
-    list_display = (*BeatPeriodicTaskAdmin.list_display, "problem")
+    # django-celery-beat's admin is untyped, so mypy takes its 7-tuple for the attribute's type.
+    list_display = (*BeatPeriodicTaskAdmin.list_display, "problem")  # type: ignore[assignment]
     list_select_related = ("policy", "interval", "crontab", "solar", "clocked")
 
     # Ours, under django-celery-beat's names and labels. Its own used QuerySet.update()
@@ -239,7 +241,8 @@ class CrontabForm(forms.ModelForm):
         fields = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week", "timezone")
 
     def clean(self):
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if self.errors:
             return data
         expression = " ".join(
@@ -258,11 +261,13 @@ class IntervalForm(forms.ModelForm):
         fields = ("every", "period")
 
     def clean(self):
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if self.errors:
             return data
         try:
-            validate_interval(data.get("every"), data.get("period"))
+            # Both fields are required: without errors, both are here.
+            validate_interval(data["every"], data["period"])
         except ValidationError as exc:
             add_errors(self, exc)
         return data

@@ -155,12 +155,13 @@ def validate_periodic_task(task: PeriodicTask, changed: Iterable[str] | None = N
     validate_job_call(task.task, task.args, task.kwargs)
     validate_headers(task.headers)
     validate_schedule_kind(task)
-    if task.interval_id is not None:
-        validate_interval(task.interval.every, task.interval.period)
-    if task.crontab_id is not None:
-        validate_crontab(task.crontab)
-    if task.clocked_id is not None and (changed is None or {"clocked", "enabled"} & set(changed)):
-        when = task.clocked.clocked_time
+    # A foreign key whose id is None reads as None without a query.
+    if (interval := task.interval) is not None:
+        validate_interval(interval.every, interval.period)
+    if (crontab := task.crontab) is not None:
+        validate_crontab(crontab)
+    if (changed is None or {"clocked", "enabled"} & set(changed)) and (clocked := task.clocked) is not None:
+        when = clocked.clocked_time
         if task.enabled and when <= datetime.now(UTC):
             raise ValidationError(
                 {
@@ -193,13 +194,13 @@ def effective_time_limits(soft: int | None, hard: int | None, job: str) -> tuple
 
 def schedule_period(task: PeriodicTask) -> timedelta | None:
     """The shortest time between two slots of ``task`` (cron: over its next 50 slots); None for one-offs."""
-    if task.interval_id is not None:
+    if (interval := task.interval) is not None:
         try:
-            return interval_length(task.interval.every, task.interval.period)
+            return interval_length(interval.every, interval.period)
         except InvalidInterval:
             return None
-    if task.crontab_id is not None:
-        spec = CronSpec(cron_expression(task.crontab), str(task.crontab.timezone))
+    if (crontab := task.crontab) is not None:
+        spec = CronSpec(cron_expression(crontab), str(crontab.timezone))
         try:
             slot = next_cron_slot(spec, datetime.now(UTC))
         except (InvalidCron, ZoneInfoNotFoundError, ValueError):
@@ -207,7 +208,7 @@ def schedule_period(task: PeriodicTask) -> timedelta | None:
         shortest = None
         for _ in range(50):
             following = next_cron_slot(spec, slot) if slot is not None else None
-            if following is None:
+            if slot is None or following is None:
                 break
             gap = following - slot
             shortest = gap if shortest is None else min(shortest, gap)

@@ -28,7 +28,7 @@ def database_ok() -> tuple[bool, str]:
     return True, "ok"
 
 
-def broker_ok(timeout: float = 2.0) -> tuple[bool, str]:
+def broker_ok(timeout: int = 2) -> tuple[bool, str]:
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)

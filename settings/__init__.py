@@ -105,6 +105,7 @@ AXES_DISABLE_ACCESS_LOG = True
 # own X-Forwarded-For) counts as the nearest proxy's address, so a forged
 # header can neither pick an address nor escape a lockout.
 REVERSE_PROXY_COUNT = envint("REVERSE_PROXY_COUNT", 0, minimum=0)
+AXES_IPWARE_META_PRECEDENCE_ORDER: tuple[str, ...]
 if REVERSE_PROXY_COUNT:
     AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR")
     # django-ipware counts the proxies named inside the header: all but the nearest one.
@@ -147,7 +148,7 @@ if DATABASE_URL:
         raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from exc
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "db.sqlite3"}}
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(VAR_DIR / "db.sqlite3")}}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = SQLITE_OPTIONS

@@ -12,6 +12,7 @@ from jobs.reports import build_run_summary
 @job("reports.run_summary", queue="reports", soft_time_limit=240, hard_time_limit=300)
 def run_summary(window_hours: int = 24) -> dict:
     """Per-job runs by status, failure rate, p50/p95 duration, worst lateness."""
-    run = JobRun.objects.filter(pk=current_task.request.id).first()
+    task_id = current_task.request.id
+    run = JobRun.objects.filter(pk=task_id).first() if task_id else None
     report = build_run_summary(window_hours, run=run)
     return {"report": report.pk, "jobs": len(report.rows)}

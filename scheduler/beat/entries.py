@@ -111,14 +111,32 @@ class Entry:
     due_at: datetime | None = None  # when to dispatch the pending slot; None: not in the heap
 
     def __lt__(self, other: Entry) -> bool:
-        if self.due_at == other.due_at:
+        mine, theirs = self.due_at, other.due_at
+        if mine == theirs:
             return self.task_id < other.task_id
-        return self.due_at < other.due_at
+        assert mine is not None and theirs is not None  # only entries in the heap are compared
+        return mine < theirs
 
     @property
     def pending(self) -> datetime | None:
         """The slot this entry waits for in the heap (None when it is not in it)."""
         return self.due_at
+
+    @property
+    def heap_due(self) -> datetime:
+        """``due_at`` of an entry in the heap (every entry there has one)."""
+        due_at = self.due_at
+        if due_at is None:
+            raise RuntimeError(f"schedule {self.task_id}: its entry is in the heap with no due time")
+        return due_at
+
+    @property
+    def live(self) -> Definition:
+        """The definition of an entry that is not retired (the engine drops retired ones unread)."""
+        definition = self.definition
+        if definition is None:
+            raise RuntimeError(f"schedule {self.task_id}: its entry was retired; it has no definition")
+        return definition
 
     @property
     def retired(self) -> bool:
@@ -133,7 +151,7 @@ class Entry:
 
     def next_slot(self, after: datetime) -> datetime | None:
         """The first slot strictly after ``after``, within start_time/expires."""
-        d = self.definition
+        d = self.live
         if d.not_before is not None and after < d.not_before:
             after = d.not_before - timedelta(microseconds=1)
         if d.cron is not None:
@@ -166,7 +184,7 @@ class JitteredEntry(Entry):
     def jitter_of(self, slot: datetime) -> timedelta:
         """A stable delay in [0, jitter s): the same for the same schedule and slot."""
         digest = hashlib.blake2b(f"{self.task_id}:{slot.isoformat()}".encode(), digest_size=4).digest()
-        return timedelta(milliseconds=int.from_bytes(digest, "big") % (self.definition.jitter * 1000))
+        return timedelta(milliseconds=int.from_bytes(digest, "big") % (self.live.jitter * 1000))
 
 
 @lru_cache(maxsize=4096)

@@ -73,7 +73,7 @@ class Lease:
         now = now or timezone.now()
         expires = now + self.ttl
         if self.token is not None:
-            fields = {"expires_at": expires, "renewed_at": now}
+            fields: dict[str, object] = {"expires_at": expires, "renewed_at": now}
             if status is not None:
                 fields["status"] = status
             renewed = BeatLease.objects.filter(name=self.name, holder=self.holder, token=self.token).update(

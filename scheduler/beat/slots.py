@@ -36,10 +36,14 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
+from typing import TYPE_CHECKING, cast
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 from croniter.croniter import CroniterBadCronError, CroniterBadDateError, CroniterError
+
+if TYPE_CHECKING:
+    from croniter.croniter import ExpandedExpression
 
 MINUTE = timedelta(minutes=1)
 # A cron that needs more constant-offset segments than this to match once
@@ -109,11 +113,16 @@ class _Compiled:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _bits(values: list, everything: int) -> int:
+def _ints(values: ExpandedExpression) -> list[int]:
+    """A plain field's values (``compile_cron`` checked they are all ints)."""
+    return [value for value in values if isinstance(value, int)]
+
+
+def _bits(values: ExpandedExpression, everything: int) -> int:
     if "*" in values:
         return everything
     bits = 0
-    for value in values:
+    for value in _ints(values):
         bits |= 1 << value
     return bits
 
@@ -135,7 +144,8 @@ def _compile(expression: str) -> _Compiled:
     except (CroniterBadCronError, CroniterError, ValueError, KeyError) as exc:
         raise InvalidCron(f"{expression!r} is not a valid cron expression: {exc}") from exc
     fixed_time = not CronSpec(expression).is_wildcard
-    expanded = matcher.expanded
+    # types-croniter says list[list[str]]; croniter holds what expand() returns: ints, "*" and "l".
+    expanded = cast("list[ExpandedExpression]", matcher.expanded)
     plain = (
         len(expanded) == 5
         and not matcher.nth_weekday_of_month
@@ -147,8 +157,8 @@ def _compile(expression: str) -> _Compiled:
     )
     if not plain:
         return _Compiled(matcher, fixed_time)
-    minutes = range(60) if "*" in expanded[0] else expanded[0]
-    hours = range(24) if "*" in expanded[1] else expanded[1]
+    minutes = range(60) if "*" in expanded[0] else _ints(expanded[0])
+    hours = range(24) if "*" in expanded[1] else _ints(expanded[1])
     all_months, all_days, all_weekdays = 0b1111111111110, (1 << 32) - 2, 0b1111111
     months = _bits(expanded[3], all_months)
     days = _bits(expanded[2], all_days)
@@ -327,6 +337,13 @@ def _seconds(instant: datetime) -> int:
     return (instant - _EPOCH) // _SECOND
 
 
+def _offset(instant: datetime, zone: ZoneInfo) -> int:
+    """``zone``'s UTC offset at ``instant``, in seconds."""
+    offset = instant.astimezone(zone).utcoffset()
+    assert offset is not None  # an aware datetime always has one
+    return offset // _SECOND
+
+
 @lru_cache(maxsize=8192)
 def _offsets(zone_key: str, year: int) -> _Offsets:
     zone = ZoneInfo(zone_key)
@@ -336,8 +353,8 @@ def _offsets(zone_key: str, year: int) -> _Offsets:
         low=_seconds(datetime(year, 1, 1, tzinfo=UTC)),
         high=_seconds(datetime(year + 1, 1, 1, tzinfo=UTC)),
         changes=tuple(_seconds(c) for c in changes),
-        offsets=tuple(c.astimezone(zone).utcoffset() // _SECOND for c in changes),
-        initial=first.astimezone(zone).utcoffset() // _SECOND,
+        offsets=tuple(_offset(c, zone) for c in changes),
+        initial=_offset(first, zone),
         horizon=_seconds(datetime(year + 2, 1, 1, tzinfo=UTC)),
     )
 
@@ -447,7 +464,7 @@ class InvalidInterval(ValueError):
     """An interval that is not a positive number of a known unit."""
 
 
-def interval_length(every: int, period: str) -> timedelta:
+def interval_length(every: object, period: str) -> timedelta:
     """``every`` × ``period`` as a duration; ``InvalidInterval`` unless positive and of a known unit."""
     unit = INTERVAL_UNITS.get(period)
     if unit is None:

@@ -54,6 +54,7 @@ class IdTable(Generic[V]):
             self._count = len(self._dict)
             return
         items = self._list
+        assert items is not None  # one of _list and _dict is always set
         if key >= len(items):
             items.extend([None] * (key + 1 - len(items)))
         if items[key] is None:
@@ -64,6 +65,7 @@ class IdTable(Generic[V]):
         if self._dict is not None:
             return self._dict.get(key, default)
         items = self._list
+        assert items is not None  # one of _list and _dict is always set
         if 0 <= key < len(items):
             value = items[key]
             return default if value is None else value
@@ -86,6 +88,7 @@ class IdTable(Generic[V]):
         value = self.get(key)
         if value is None:
             return default
+        assert self._list is not None  # one of _list and _dict is always set
         self._list[key] = None
         self._count -= 1
         return value
@@ -97,6 +100,7 @@ class IdTable(Generic[V]):
         if self._dict is not None:
             yield from self._dict.items()
             return
+        assert self._list is not None  # one of _list and _dict is always set
         for key, value in enumerate(self._list):
             if value is not None:
                 yield key, value

@@ -32,7 +32,7 @@ class Command(BaseCommand):
         status = (lease.status if lease else None) or {}
         cursor = status.get("change_cursor")
         report = {
-            "leader": lease.holder if alive else None,
+            "leader": lease.holder if lease and alive else None,
             "fencing_token": lease.token if lease else None,
             "lease_expires_in_s": round((lease.expires_at - now).total_seconds(), 1) if lease else None,
             "renewed_s_ago": round((now - lease.renewed_at).total_seconds(), 1)

@@ -16,6 +16,7 @@ SIGTERM) stops every child and exits 0.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import subprocess
@@ -242,7 +243,7 @@ class Command(BaseCommand):
             "beat": [python, "-m", "celery", "-A", "scheduler", "beat", "--loglevel", "INFO"],
         }
         for name, command in commands.items():
-            self.supervisor.add(name, lambda name=name, command=command: self.spawn(name, command))
+            self.supervisor.add(name, functools.partial(self.spawn, name, command))
 
     def spawn(self, name: str, command: list[str]) -> subprocess.Popen:
         process = subprocess.Popen(
