@@ -10,7 +10,7 @@ leader applies it on its next read of the change log (within a second).
 - ``enable_schedules`` / ``disable_schedules`` / ``toggle_schedules``: the
   admin's actions; enabling validates each schedule first.
 - ``run_schedules_now``: one run of each schedule now, through the one
-  dispatch path (``jobs.client.dispatch``) with the schedule's policy.
+  dispatch path (``jobs.dispatch.dispatch``) with the schedule's policy.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django_celery_beat.models import PeriodicTask
 
-from jobs.client import Delivery, dispatch
+from jobs.dispatch import Delivery, dispatch
 from jobs.models import JobRun, RunOrigin
 from scheduler.beat.entries import EntryFactory, job_defaults, orm_rows
 from scheduler.changes import record_changes
@@ -144,7 +144,7 @@ def run_schedules_now(queryset: QuerySet[PeriodicTask], requested_by: str) -> Ru
     and arguments, and the queue, soft/hard limits and starting deadline
     beat's ``Definition`` takes from the schedule's policy, falling back to
     the job's catalog defaults (built by beat's own ``EntryFactory``). It
-    belongs to the schedule but takes no slot (``jobs.client.dispatch``), and
+    belongs to the schedule but takes no slot (``jobs.dispatch.dispatch``), and
     disabled schedules run too: running by hand is not enabling.
 
     Each schedule is dispatched in its own transaction, so a schedule whose

@@ -18,7 +18,7 @@ from django.contrib.auth.models import Permission
 from django.db import connection
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from jobs.client import dispatch
+from jobs.dispatch import dispatch
 from jobs.models import JobDefinition, JobRun, OutboxBatch, RunOrigin, RunStatus
 from scheduler.models import ScheduleChange, SchedulePolicy
 from tests.support.broker import app_broker, closed_port_url

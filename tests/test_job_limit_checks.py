@@ -7,7 +7,7 @@ from django.core.checks import run_checks
 from django.core.exceptions import ValidationError
 from django.test import override_settings
 
-from jobs.client import dispatch
+from jobs.dispatch import dispatch
 from tests.support.processes import exit_code, start_worker
 
 SHORT_VISIBILITY = {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"}

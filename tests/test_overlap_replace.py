@@ -22,7 +22,7 @@ import pytest
 from django.db import transaction
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from jobs.client import dispatch
+from jobs.dispatch import dispatch
 from jobs.models import ACTIVE_STATUSES, JobRun, RunStatus
 from scheduler.celery import app
 from scheduler.models import Overlap, SchedulePolicy

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from jobs.client import dispatch, publish_runs
+from jobs.dispatch import dispatch
 from jobs.models import JobRun, RunStatus
+from jobs.publishing import publish_runs
 from scheduler.celery import app
 from tests.conftest import wait_for_run
 

@@ -28,7 +28,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from jobs.client import dispatch
+from jobs.dispatch import dispatch
 from jobs.models import JobRun, RunStatus, WorkerPresence
 from scheduler.celery import app
 from tests.conftest import wait_for_run

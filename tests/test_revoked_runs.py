@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from jobs.client import dispatch
+from jobs.dispatch import dispatch
 from jobs.models import ACTIVE_STATUSES, JobRun, RunStatus
 from scheduler.celery import app
 from tests.conftest import wait_for_run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.client import dispatch
+from jobs.dispatch import dispatch
 from tests.conftest import wait_for_run
 from tests.support.sentry_server import tags_of
 

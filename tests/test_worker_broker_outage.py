@@ -23,8 +23,8 @@ import redis
 from celery import Celery
 from django.utils import timezone
 
-from jobs.client import publish_runs
 from jobs.models import JobRun, RunStatus
+from jobs.publishing import publish_runs
 from scheduler.embedded_redis import start_embedded_redis
 from tests.conftest import wait_for_run
 from tests.support.processes import QUEUES, Service, celery, free_port, start_worker

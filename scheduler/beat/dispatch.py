@@ -13,8 +13,8 @@ Guarantees:
   policy) or ``skipped`` (overlap policy).
 - **Publish after commit, through the outbox.** The claim also writes one
   ``OutboxBatch`` row naming the runs to publish; the caller publishes after
-  commit and deletes it (``jobs.client.send_batch``). A batch left behind by
-  a crash or a broker outage is sent by ``jobs.client.publish_outbox``.
+  commit and deletes it (``jobs.publishing.send_batch``). A batch left behind by
+  a crash or a broker outage is sent by ``jobs.publishing.publish_outbox``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from django.db.models import Case, Value, When
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from jobs.client import record_outbox
 from jobs.models import ACTIVE_STATUSES, JobRun, RunStatus
+from jobs.publishing import record_outbox
 from lib.sequences import CHUNK, chunks
 from scheduler.beat.entries import Entry
 from scheduler.models import Overlap, SchedulePolicy

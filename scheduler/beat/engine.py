@@ -50,7 +50,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from kombu.exceptions import OperationalError as BrokerError
 
-from jobs.client import publish_outbox, send_batch
+from jobs.publishing import publish_outbox, send_batch
 from scheduler.beat import dispatch
 from scheduler.beat.dispatch import MISSED, RUN, PlannedSlot
 from scheduler.beat.entries import (

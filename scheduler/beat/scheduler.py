@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connections
 from kombu.exceptions import OperationalError as BrokerError
 
-from jobs.client import publish_outbox, warm_up_broker
+from jobs.publishing import publish_outbox, warm_up_broker
 from scheduler.beat.engine import BeatEngine
 from scheduler.beat.lease import Lease, LeaseLost
 

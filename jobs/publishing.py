@@ -1,0 +1,232 @@
+"""Publishing recorded runs to the broker, through the outbox.
+
+The one way a committed ``JobRun`` becomes a Celery message, for beat's
+claims and for ``jobs.dispatch`` alike:
+
+- ``record_outbox`` writes, inside the caller's transaction, one
+  ``OutboxBatch`` row naming the runs to send;
+- after commit, ``send_batch`` publishes them (``publish_runs``: one
+  pipelined publish) and deletes the row;
+- ``publish_outbox`` sends what a crash or a broker outage left behind.
+
+A run is therefore recorded before it is published, and a run whose publish
+failed is never lost: its batch stays until a later ``publish_outbox``.
+A batch may be sent twice (a death between publish and delete); the worker
+starts a run once and ignores the second message.
+
+Messages go through kombu's producer pool for the app's current write URL,
+so a process keeps its broker connection between publishes instead of
+connecting (and importing the transport, and pinging) every time.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from celery import Celery
+from django.db import connection as db
+from django.utils import timezone
+from kombu import Connection, Producer, pools
+
+from jobs.models import JobRun, OutboxBatch, RunStatus
+from lib.sequences import chunks
+
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+class PublishableRun(Protocol):
+    """What ``task_message`` reads: a ``JobRun`` or beat's lighter ``ClaimedRun``."""
+
+    @property
+    def pk(self) -> uuid.UUID: ...
+
+    job: str
+    args: list
+    kwargs: dict
+    queue: str
+    status: str
+    soft_time_limit: int | None
+    hard_time_limit: int | None
+    schedule_id: int | None
+    scheduled_for: datetime
+
+
+def task_message(run: PublishableRun, origin: str) -> tuple[dict[str, Any], str]:
+    """Celery message protocol 2 headers and JSON body for ``run``.
+
+    Built directly (not through ``app.amqp.create_task_message``, which costs
+    ~110 µs a message) because beat publishes thousands per tick. The task id
+    is the run's primary key; ``timelimit`` is ``[hard, soft]``.
+    """
+    task_id = str(run.pk)
+    headers = {
+        "lang": "py",
+        "task": run.job,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [run.hard_time_limit, run.soft_time_limit],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": repr(run.args),
+        "kwargsrepr": repr(run.kwargs),
+        "origin": origin,
+        "ignore_result": True,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+        "schedule": run.schedule_id,
+        "scheduled_for": run.scheduled_for.isoformat(),
+    }
+    return headers, json.dumps([run.args, run.kwargs, EMBED])
+
+
+def _fail_fast(producer: Producer) -> None:
+    # kombu's default retries block for seconds when the broker is down; the
+    # caller keeps the runs in the outbox and tries later instead.
+    producer.connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+
+
+_write_connections: dict[tuple[int, str], Connection] = {}
+
+
+def _write_connection(app: Celery) -> Connection:
+    """The pool key for the app's write broker as configured now (building one costs ~1 ms of conf reads)."""
+    key = (id(app), str(app.conf.broker_write_url or app.conf.broker_url))
+    connection = _write_connections.get(key)
+    if connection is None:
+        connection = _write_connections[key] = app.connection_for_write()
+    return connection
+
+
+@contextmanager
+def kept_producer(app: Celery) -> Iterator[Producer]:
+    """A producer on a kept connection to the app's write broker, connected.
+
+    The pool is kombu's, keyed by the broker URL as the app reads it now (a
+    process, or a test, that points the app elsewhere gets that broker's
+    pool). A connection that failed is closed before it goes back to the
+    pool, so the next user reconnects instead of inheriting a dead socket.
+    Raises the broker's error when it cannot connect (within about 2 s).
+    """
+    with pools.producers[_write_connection(app)].acquire(block=True, timeout=10) as producer:
+        try:
+            _fail_fast(producer)
+            yield producer
+        except BaseException:
+            producer.connection.collect()
+            raise
+
+
+def publish_runs(app: Celery, runs: Sequence[PublishableRun]) -> int:
+    """Send one message per queued run, pipelined; return how many were sent.
+
+    All messages go over one kept producer in a kombu publish batch (one
+    Redis pipeline per 1,000 messages; plain publishes on brokers without
+    batches). Writes nothing: the caller's outbox batch says what is still to
+    be sent (``send_batch``). Raises the broker's error if it cannot take them.
+
+    A kept connection that died since its last use (Redis restarted) is
+    reconnected by redis-py's retry on the next command, so the caller does
+    not see it (``tests/test_dispatch.py`` pins this).
+    """
+    queued = [r for r in runs if r.status == RunStatus.QUEUED]
+    if not queued:
+        return 0
+    origin = f"beatplatform@{socket.gethostname()}"
+    default_queue = app.conf.task_default_queue
+    with kept_producer(app) as producer, producer.batch(max_size=1000):
+        for run in queued:
+            headers, body = task_message(run, origin)
+            # The default exchange routes by queue name, on Redis and AMQP alike.
+            producer.publish(
+                body,
+                exchange="",
+                routing_key=run.queue or default_queue,
+                serializer=None,
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers=headers,
+                correlation_id=headers["id"],
+                delivery_mode=2,
+                retry=False,
+                declare=None,
+            )
+    return len(queued)
+
+
+def record_outbox(run_ids: Sequence[uuid.UUID]) -> int | None:
+    """Put ``run_ids`` in the outbox, inside the caller's transaction; return the batch id (None if empty)."""
+    if not run_ids:
+        return None
+    return OutboxBatch.objects.create(run_ids=[str(run_id) for run_id in run_ids]).pk
+
+
+def send_batch(app: Celery, runs: Sequence[PublishableRun], batch_id: int | None) -> int:
+    """Publish ``runs`` (after their commit), then take their batch out of the outbox.
+
+    If publishing raises, the batch stays and ``publish_outbox`` sends it
+    later. If the process dies between the two steps, the batch is sent
+    twice; the worker starts a run once and ignores the second message.
+    """
+    sent = publish_runs(app, runs)
+    if batch_id is not None:
+        take_out_of_outbox(batch_id)
+    return sent
+
+
+def take_out_of_outbox(batch_id: int) -> None:
+    """Delete outbox batch ``batch_id``, without waiting for the disk on PostgreSQL.
+
+    Losing this delete in a database crash only sends the batch again, which
+    workers ignore, so on PostgreSQL (outside a caller's transaction) it
+    commits with ``synchronous_commit`` off: no WAL flush to wait for, in one
+    round trip. Elsewhere, an ordinary delete.
+    """
+    if db.vendor == "postgresql" and not db.in_atomic_block:
+        table = OutboxBatch._meta.db_table
+        with db.cursor() as cursor:
+            cursor.execute(
+                f"BEGIN; SET LOCAL synchronous_commit TO OFF; "  # noqa: S608 (an integer, no user input)
+                f"DELETE FROM {table} WHERE id = {int(batch_id)}; COMMIT"
+            )
+        return
+    OutboxBatch.objects.filter(pk=batch_id).delete()
+
+
+def publish_outbox(app: Celery, limit: int = 10_000, older_than: timedelta | None = None) -> int:
+    """Send the runs of outbox batches left behind (a crash after commit, a broker outage).
+
+    Oldest batch first, up to about ``limit`` runs per call; only runs still
+    queued are sent (one that started or finished meanwhile needs nothing).
+    ``older_than`` leaves younger batches to the process that is sending them.
+    """
+    sent = 0
+    batches = OutboxBatch.objects.order_by("id")
+    if older_than is not None:
+        batches = batches.filter(created_at__lt=timezone.now() - older_than)
+    for batch in batches.iterator():
+        runs: list[JobRun] = []
+        for chunk in chunks(batch.run_ids):
+            runs.extend(JobRun.objects.filter(pk__in=chunk, status=RunStatus.QUEUED))
+        runs.sort(key=lambda run: run.scheduled_for)
+        sent += send_batch(app, runs, batch.pk)
+        if sent >= limit:
+            break
+    return sent
+
+
+def warm_up_broker(app: Celery) -> None:
+    """Connect once, so the first burst does not pay for importing the transport (~1 s)."""
+    with kept_producer(app):
+        pass
