@@ -204,8 +204,8 @@ def _column_values(run: JobRun) -> list[Any]:
     return values
 
 
-def _record_postgresql(runs: list[JobRun]) -> int:
-    """Insert ``runs`` and their outbox batch; return the batch id.
+def _record_postgresql(runs: list[JobRun]) -> int | None:
+    """Insert ``runs`` and their outbox batch; return the batch id (None for no runs).
 
     One run: one statement (an INSERT feeding the outbox INSERT), so outside
     a transaction it commits on its own, in one round trip. Several: COPY
@@ -215,7 +215,8 @@ def _record_postgresql(runs: list[JobRun]) -> int:
     """
     fields = JobRun._meta.concrete_fields
     table = JobRun._meta.db_table
-    columns = ", ".join(db.ops.quote_name(field.column) for field in fields)
+    # Concrete fields are those with a column (Django's definition): none is left out.
+    columns = ", ".join(db.ops.quote_name(field.column) for field in fields if field.column is not None)
     outbox = OutboxBatch._meta.db_table
     if len(runs) == 1:
         placeholders = ", ".join("%s::jsonb" if isinstance(field, JSONField) else "%s" for field in fields)
@@ -237,6 +238,7 @@ def _record_postgresql(runs: list[JobRun]) -> int:
 def _record_and_send(runs: list[JobRun]) -> None:
     """Record ``runs`` with their outbox batch (atomically), and send them once that commits."""
     now = runs[0].enqueued_at
+    assert now is not None  # dispatch records every run as enqueued now
     for run in runs:
         run.created_at = now  # auto_now_add, which only the ORM's save would fill
     if db.vendor == "postgresql":

@@ -41,20 +41,32 @@ EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 class PublishableRun(Protocol):
-    """What ``task_message`` reads: a ``JobRun`` or beat's lighter ``ClaimedRun``."""
+    """What publishing reads of a run: a ``JobRun`` or beat's lighter ``ClaimedRun``.
+
+    Read-only members, so that both fit: a claimed run's ``schedule_id`` is
+    always an int, a ``JobRun``'s may be None.
+    """
 
     @property
     def pk(self) -> uuid.UUID: ...
-
-    job: str
-    args: list
-    kwargs: dict
-    queue: str
-    status: str
-    soft_time_limit: int | None
-    hard_time_limit: int | None
-    schedule_id: int | None
-    scheduled_for: datetime
+    @property
+    def job(self) -> str: ...
+    @property
+    def args(self) -> list: ...
+    @property
+    def kwargs(self) -> dict: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def soft_time_limit(self) -> int | None: ...
+    @property
+    def hard_time_limit(self) -> int | None: ...
+    @property
+    def schedule_id(self) -> int | None: ...
+    @property
+    def scheduled_for(self) -> datetime: ...
 
 
 def task_message(run: PublishableRun, origin: str) -> tuple[dict[str, Any], str]:
@@ -65,7 +77,7 @@ def task_message(run: PublishableRun, origin: str) -> tuple[dict[str, Any], str]
     is the run's primary key; ``timelimit`` is ``[hard, soft]``.
     """
     task_id = str(run.pk)
-    headers = {
+    headers: dict[str, Any] = {
         "lang": "py",
         "task": run.job,
         "id": task_id,
@@ -94,7 +106,9 @@ def task_message(run: PublishableRun, origin: str) -> tuple[dict[str, Any], str]
 def _fail_fast(producer: Producer) -> None:
     # kombu's default retries block for seconds when the broker is down; the
     # caller keeps the runs in the outbox and tries later instead.
-    producer.connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+    connection = producer.connection
+    assert connection is not None  # a pooled producer is bound to its connection
+    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
 
 
 _write_connections: dict[tuple[int, str], Connection] = {}
@@ -145,7 +159,8 @@ def publish_runs(app: Celery, runs: Sequence[PublishableRun]) -> int:
         return 0
     origin = f"beatplatform@{socket.gethostname()}"
     default_queue = app.conf.task_default_queue
-    with kept_producer(app) as producer, producer.batch(max_size=1000):
+    # Producer.batch is newer (kombu 5.7) than celery-types' kombu stubs.
+    with kept_producer(app) as producer, producer.batch(max_size=1000):  # type: ignore[attr-defined]
         for run in queued:
             headers, body = task_message(run, origin)
             # The default exchange routes by queue name, on Redis and AMQP alike.

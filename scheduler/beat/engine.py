@@ -52,7 +52,7 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from jobs.publishing import publish_outbox, send_batch
 from scheduler.beat import dispatch
-from scheduler.beat.dispatch import MISSED, RUN, PlannedSlot
+from scheduler.beat.dispatch import MISSED, RUN, Claim, PlannedSlot
 from scheduler.beat.entries import (
     Entry,
     EntryFactory,
@@ -106,8 +106,8 @@ def plan_due_slots(entry: Entry, slots: list[datetime], now: datetime) -> list[P
     deadline is always missed. Of the rest: ``latest`` runs the newest,
     ``all`` runs each, ``none`` runs the newest only if it is on time.
     """
-    deadline = entry.definition.starting_deadline
-    catchup = entry.definition.catchup
+    deadline = entry.live.starting_deadline
+    catchup = entry.live.catchup
     runnable = [s for s in slots if now - s <= deadline]
     if catchup == CatchUp.ALL:
         chosen = set(runnable)
@@ -290,12 +290,12 @@ class BeatEngine:
             if previous is not None and previous.pending is not None and previous.pending <= now:
                 # Due under the old definition but not yet fired: do not lose it.
                 after = max(filter(None, [last_slot, previous.pending - timedelta(microseconds=1)]))
-        if entry.definition.one_off and last_slot is not None:
+        if entry.live.one_off and last_slot is not None:
             return
         slot = entry.next_slot(after)
         if slot is None:
-            clocked = entry.definition.clocked
-            if clocked is not None and last_slot is None and entry.definition.expires is None:
+            clocked = entry.live.clocked
+            if clocked is not None and last_slot is None and entry.live.expires is None:
                 # Never silence: a one-off that can no longer fire and never ran is a problem.
                 raise UnusableSchedule(
                     f"its one-off time {clocked.isoformat()} passed before it was scheduled; "
@@ -419,7 +419,7 @@ class BeatEngine:
         """Pop every due entry; plan its due slots; push its next slot."""
         planned: list[PlannedSlot] = []
         heap = self.heap
-        while heap and heap[0].due_at <= now:
+        while heap and heap[0].heap_due <= now:
             entry = heapq.heappop(heap)
             if entry.retired:
                 self.retired_in_heap -= 1
@@ -432,7 +432,7 @@ class BeatEngine:
                 self._quarantine(entry.task_id, exc)
                 continue
             planned.extend(due)
-            if following is not None and not entry.definition.one_off:
+            if following is not None and not entry.live.one_off:
                 entry.wait_for(following)
                 heapq.heappush(heap, entry)
             else:
@@ -443,6 +443,7 @@ class BeatEngine:
     def _due_slots(entry: Entry, now: datetime) -> tuple[list[datetime], datetime | None]:
         """The entry's due slots (oldest first, bounded) and the slot after them."""
         slot = entry.pending
+        assert slot is not None  # it came off the heap, so it waits for a slot
         slots = [slot]
         following = entry.next_slot(slot)
         while following is not None and following <= now and len(slots) < MAX_CATCHUP_SLOTS:
@@ -482,7 +483,7 @@ class BeatEngine:
             self.flush_outbox(older_than=None if self.outbox_dirty else OUTBOX_SWEEP_AGE)
             self.next_outbox_sweep = clock + OUTBOX_SWEEP_SECONDS
         now = now or timezone.now()
-        if self.heap and self.heap[0].due_at <= now:
+        if self.heap and self.heap[0].heap_due <= now:
             self.dispatch(self.collect_due(now), now)
         if self.problem_writes:  # schedules quarantined while collecting or claiming
             self._write_problems()
@@ -510,7 +511,7 @@ class BeatEngine:
         )
         return sent
 
-    def _claim(self, batch: list[PlannedSlot], now: datetime) -> list[dispatch.Claim]:
+    def _claim(self, batch: list[PlannedSlot], now: datetime) -> list[Claim]:
         """Claim ``batch`` in one transaction; if the database refuses it, schedule by schedule.
 
         An outage (or a lost lease) propagates: the tick is retried. Any other
@@ -539,7 +540,7 @@ class BeatEngine:
                 self._quarantine(task_id, exc)
         return claims
 
-    def _publish(self, claim: dispatch.Claim) -> int:
+    def _publish(self, claim: Claim) -> int:
         """Revoke what the claim replaced, then publish its runs; return how many were sent."""
         try:
             # Before publishing: the old run stops before its replacement can start.
@@ -571,7 +572,7 @@ class BeatEngine:
     def seconds_until_next(self, now: datetime) -> float:
         wait = self.max_sleep
         if self.heap:
-            wait = min(wait, (self.heap[0].due_at - now).total_seconds())
+            wait = min(wait, (self.heap[0].heap_due - now).total_seconds())
         # Wake every poll_interval even when listening: checking costs microseconds
         # and bounds how long a committed edit waits for beat to notice it.
         wait = min(wait, self.poll_interval, max(0.0, self.next_poll - time.monotonic()))
@@ -608,7 +609,7 @@ class BeatEngine:
                 {
                     "slot": slot.isoformat(),
                     "schedule": names.get(entry.task_id, ""),
-                    "job": entry.definition.job,
+                    "job": entry.live.job,
                 }
                 for slot, entry in upcoming
             ],
