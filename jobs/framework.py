@@ -6,6 +6,9 @@ Celery task that:
 - has an explicit name (the string stored in schedules; renaming the Python
   function does not orphan them), a default queue, default soft and hard time
   limits, and a retry policy (exponential backoff with full jitter);
+- keeps the worker's database connection across tasks (Django's own rules
+  still close an old or broken one: ``recycle_database_connections``), so a
+  run costs its worker two statements: its start and its end;
 - moves its ``JobRun`` to ``running`` with a conditional UPDATE before the job
   body runs, so a redelivered message of a finished run is acknowledged and
   ignored, and a message started after its deadline is recorded ``missed``.
@@ -20,10 +23,11 @@ Celery task that:
 - records ``succeeded`` / ``failed`` / ``retrying`` / ``soft_timeout`` from the
   child, and ``hard_timeout`` from the worker's main process (the child was
   killed and cannot write);
-- records a revoke from the worker's main process too (``record_revoked_run``):
-  a run terminated by hand is ``failed`` / ``Terminated``, a run whose message
-  was discarded before it started is ``skipped`` / ``Revoked`` (``missed`` when
-  the message expired); a run that already ended keeps its record;
+- records a revoke from the worker's main process too (``record_revoked_run``,
+  deciding in ``jobs.runs.record_revoked``): a run terminated by hand is
+  ``failed`` / ``Terminated``, a run whose message was discarded before it
+  started is ``skipped`` / ``Revoked`` (``missed`` when the message expired);
+  a run that already ended keeps its record;
 - sends failures and time limits to Sentry with tags ``job``, ``schedule``,
   ``run``, ``scheduled_for`` and ``timeout`` (``soft`` or ``hard``).
 """
@@ -240,6 +244,25 @@ class JobTask(Task):
                 report_to_sentry(run, exc, timeout="hard")
 
 
+@signals.task_prerun.connect(dispatch_uid="jobs.framework.recycle_connections_before")
+@signals.task_postrun.connect(dispatch_uid="jobs.framework.recycle_connections_after")
+def recycle_database_connections(sender: Task | None = None, **_kwargs: Any) -> None:
+    """Drop a worker child's database connection at a task's edges when Django would drop it.
+
+    The worker keeps its connection across tasks (``CELERY_DB_REUSE_MAX``:
+    Celery's Django fixup would otherwise close it after every task, and
+    opening one cost a third of a run's time on the worker). What a web
+    request gets, a task gets too: a connection older than ``CONN_MAX_AGE``,
+    left in a transaction, or unusable after an error is closed, and the next
+    query opens a fresh one. Eager calls (tests, ``apply()``) are left alone,
+    as the fixup leaves them: they run inside the caller's transaction.
+    """
+    request = getattr(sender, "request", None)
+    if request is None or getattr(request, "is_eager", False) or request.called_directly:
+        return
+    close_old_connections()
+
+
 def signal_name(signum: Any) -> str:
     """``SIGTERM`` for 15 or ``"15"`` (Celery passes either); the value as given otherwise."""
     try:
@@ -262,22 +285,10 @@ def record_revoked_run(
     Celery sends ``task_revoked`` when it kills the pool process running a job
     (``revoke(id, terminate=True)``: ``celery control revoke --terminate``,
     Flower) and when it discards a message whose id was revoked or whose
-    ``expires`` passed; it acknowledges the message either way. So:
-
-    - not started yet (``queued``, or ``retrying`` until the next attempt):
-      ``skipped`` / ``Revoked``, or ``missed`` / ``StartingDeadlineExceeded``
-      for an expired message, as for a message taken after the run's deadline;
-    - ``running`` and terminated: ``failed`` / ``Terminated``, naming the
-      signal, with ``finished_at`` and ``duration_ms``. A job that survives the
-      signal keeps running, but its own end is then not recorded: the run was
-      ended by hand;
-    - ``running`` and *not* terminated (a duplicate message discarded while
-      the run runs elsewhere): unchanged, the process running it records it;
-    - already ended (beat recorded it ``Replaced`` before revoking it, or it
-      finished while the revoke was on its way): unchanged.
-
-    Each change is a conditional UPDATE (``jobs.runs``), so a child still
-    finishing the run, or beat, never has its record overwritten.
+    ``expires`` passed; it acknowledges the message either way. This only
+    translates the signal into one call of ``jobs.runs.record_revoked``, which
+    decides the transition (``skipped``, ``missed`` or ``failed``, or none for
+    a run that already ended or runs elsewhere) in guarded UPDATEs.
     """
     if not isinstance(sender, JobTask) or request is None:
         return  # not a job: no run to record
@@ -285,37 +296,21 @@ def record_revoked_run(
     # CONN_MAX_AGE; the task_prerun cleanup Celery's Django fixup does runs in
     # the children only.
     close_old_connections()
-    run_id, job_name = request.id, sender.name
-    how = f"terminated by {signal_name(signum)}" if terminated else "expired" if expired else "revoked"
-    if expired:
-        ended = runs.record_missed(run_id, f"{request.expires} (its message expired)")
-        recorded = "missed"
+    terminated_by = signal_name(signum) if terminated else None
+    recorded = runs.record_revoked(
+        request.id,
+        terminated_by=terminated_by,
+        expired=bool(expired),
+        expires=request.expires,
+        worker=getattr(request, "hostname", "") or "",
+    )
+    how = runs.revoke_cause(terminated_by=terminated_by, expired=bool(expired))
+    if recorded is not None:
+        logger.warning("%s[%s]: %s; run recorded %s", sender.name, request.id, how, recorded)
     else:
-        # The waiting state first: a terminated child may have been killed
-        # before it moved the run to running. The order follows the run's own
-        # (queued -> running), so a child starting it meanwhile is still caught.
-        ended = runs.end_unstarted_run(
-            run_id,
-            RunStatus.SKIPPED,
-            error_type="Revoked",
-            error_message=f"{how} before it started; its message was discarded",
-        )
-        recorded = "skipped"
-        if not ended and terminated:
-            error = runs.RunError(
-                type="Terminated",
-                message=f"{how} while running (revoked with terminate=True)",
-                traceback="",
-            )
-            worker = getattr(request, "hostname", "") or ""
-            ended = runs.record_from_main_process(run_id, RunStatus.FAILED, error, worker=worker) is not None
-            recorded = "failed"
-    if ended:
-        logger.warning("%s[%s]: %s; run recorded %s", job_name, run_id, how, recorded)
-    else:
-        status = JobRun.objects.filter(pk=runs.run_pk(run_id)).values_list("status", flat=True).first()
+        status = runs.current_status(request.id)
         found = f"its run was already {status}, record kept" if status else "no run recorded for it"
-        logger.info("%s[%s]: %s; %s", job_name, run_id, how, found)
+        logger.info("%s[%s]: %s; %s", sender.name, request.id, how, found)
 
 
 def route_to_job_queue(name, args, kwargs, options, task=None, **_kw):

@@ -9,6 +9,25 @@ An attempt writes only its own ending: the guard names the attempt number and
 the worker as well as the state. A record of ``lost`` is a conclusion drawn
 by another process (the worker looked dead); the attempt's real ending, if it
 comes, replaces it. Nothing replaces a real ending.
+
+This is the only module that changes ``JobRun.status`` (``tests/test_run_writers.py``
+fails on any other writer). Creating a run is not a change: beat's claim
+(``scheduler.beat.dispatch``) and ``jobs.client.dispatch`` insert runs with
+their first status. Every function below that writes returns whether it won
+(a bool, the run, the status written, or a count for a batch), and its
+docstring names the states it moves from and to:
+
+- ``start_run``: queued, retrying -> running; a redelivered copy of a dead
+  attempt: running -> running (the next attempt) or lost;
+- ``record_lost_process``: running (on this worker) -> retrying or lost;
+- ``record_abandoned_attempts``: running (dead, long ago) -> lost;
+- ``finish_run``, ``mark_retrying``: running, or lost (this attempt) -> an
+  ending, or retrying;
+- ``end_unstarted_run``, ``record_missed``: queued, retrying -> an ending;
+- ``record_from_main_process``: running, or lost (this attempt on the
+  worker) -> hard_timeout or failed;
+- ``record_revoked``: queued, retrying -> skipped or missed; running -> failed;
+- ``end_replaced_runs``: queued, retrying -> skipped; running -> failed.
 """
 
 from __future__ import annotations
@@ -16,16 +35,19 @@ from __future__ import annotations
 import json
 import traceback as tb
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
-from jobs.models import STARTABLE_STATUSES, JobRun, RunStatus
+from jobs.models import ACTIVE_STATUSES, STARTABLE_STATUSES, JobRun, RunStatus
 from jobs.workers import attempt_is_alive
+from lib.sequences import chunks
 
 
 @dataclass(frozen=True)
@@ -146,8 +168,16 @@ def start_run(
     Attempts are numbered from the record: one more than the run's last, at
     least the message's own count, so the retry of a lost attempt (the same
     message, requeued) is a new attempt.
+
+    From ``queued`` or ``retrying`` to ``running``, in one statement for the
+    common case (``_start_waiting_run``); everything else (no row, a run
+    already running, ended or past its deadline, a race lost) takes the
+    general path below, which reads the row first and decides.
     """
     now = now or timezone.now()
+    started = _start_waiting_run(run_id, attempt=attempt, worker=worker, now=now)
+    if started is not None:
+        return started
     run_uuid = run_pk(run_id) or uuid.uuid4()
     run, created = JobRun.objects.get_or_create(
         pk=run_uuid,
@@ -184,6 +214,47 @@ def start_run(
     for field, value in changed.items():
         setattr(run, field, value)
     return run
+
+
+# The run's start, as the general path writes it, in one UPDATE … RETURNING
+# (SQLite 3.35+ and PostgreSQL): the new attempt is at least the message's
+# count and one more than the record's; lateness is truncated to whole ms.
+_LATENESS_MS = {
+    "postgresql": "trunc(extract(epoch from (%s - scheduled_for)) * 1000)::integer",
+    "sqlite": "django_timestamp_diff(%s, scheduled_for) / 1000",
+}
+_GREATEST = {"postgresql": "greatest", "sqlite": "max"}
+
+
+def _start_waiting_run(run_id: str, *, attempt: int, worker: str, now: datetime) -> JobRun | None:
+    """Start a waiting run (``queued``, ``retrying``) within its deadline: the run, or ``None``.
+
+    One guarded UPDATE … RETURNING, the statement a worker runs for almost
+    every message: a run's cost on the worker is this and ``finish_run``.
+    ``None`` changes nothing, and the caller decides as before: no such row,
+    or not waiting, or past its deadline, or another delivery won.
+    """
+    run_uuid = run_pk(run_id)
+    vendor = connection.vendor
+    if run_uuid is None or vendor not in _LATENESS_MS:
+        return None
+    ops = connection.ops
+    when = ops.adapt_datetimefield_value(now)
+    columns = ", ".join(ops.quote_name(f.column) for f in JobRun._meta.concrete_fields)
+    sql = (
+        f"UPDATE {ops.quote_name(JobRun._meta.db_table)} SET status = %s, started_at = %s, "  # noqa: S608
+        f"attempt = {_GREATEST[vendor]}(%s, attempt + 1), worker = %s, "
+        f"lateness_ms = {_LATENESS_MS[vendor]}, enqueued_at = coalesce(enqueued_at, %s) "
+        "WHERE id = %s AND status IN (%s, %s) AND (deadline IS NULL OR deadline >= %s) "
+        f"RETURNING {columns}"
+    )
+    params = [
+        RunStatus.RUNNING.value, when, attempt, worker[:255], when, when,
+        JobRun._meta.pk.get_db_prep_value(run_uuid, connection),
+        RunStatus.QUEUED.value, RunStatus.RETRYING.value, when,
+    ]  # fmt: skip
+    started = list(JobRun.objects.raw(sql, params))
+    return started[0] if started else None
 
 
 def _take_over_lost_attempt(
@@ -451,3 +522,96 @@ def record_from_main_process(
     for field, value in fields.items():
         setattr(run, field, value)
     return run
+
+
+REPLACED = ("Replaced", "replaced by a newer slot (overlap policy: replace)")
+
+
+def end_replaced_runs(run_ids: Sequence[Any], now: datetime) -> int:
+    """End the runs a newer slot replaces (overlap ``replace``); return how many this ended.
+
+    From ``queued`` or ``retrying`` to ``skipped`` (the run never ran), from
+    ``running`` to ``failed`` (it was cut short), with ``error_type``
+    ``Replaced``. The status is decided by the UPDATE, not from what the
+    caller read: a worker may have started a run since, and then it is
+    ``failed``, not ``skipped``. A run that ended meanwhile keeps its record
+    and is not counted. Beat calls this in its claim transaction, then
+    revokes the runs (``terminate=True``); the worker's revoke record
+    (``record_revoked``) then finds them ended and keeps them.
+    """
+    error_type, error_message = REPLACED
+    ended = 0
+    for chunk in chunks(list(run_ids)):
+        ended += JobRun.objects.filter(pk__in=chunk, status__in=ACTIVE_STATUSES).update(
+            status=Case(
+                When(status=RunStatus.RUNNING, then=Value(RunStatus.FAILED)),
+                default=Value(RunStatus.SKIPPED),
+            ),
+            finished_at=now,
+            error_type=error_type,
+            error_message=error_message,
+        )
+    return ended
+
+
+def revoke_cause(*, terminated_by: str | None, expired: bool) -> str:
+    """How a revoke reads in a record or a log line: ``terminated by SIGTERM``, ``expired``, ``revoked``."""
+    return f"terminated by {terminated_by}" if terminated_by else "expired" if expired else "revoked"
+
+
+def record_revoked(
+    run_id: Any,
+    *,
+    terminated_by: str | None = None,
+    expired: bool = False,
+    expires: Any = None,
+    worker: str = "",
+) -> RunStatus | None:
+    """Record a run whose message a worker discarded or whose process it terminated; return what was written.
+
+    ``terminated_by``: the signal's name when the pool process running the
+    job was killed (``revoke(id, terminate=True)``); ``expired``: the message
+    was discarded because its ``expires`` (shown as given) passed.
+
+    - ``queued`` or ``retrying`` (not started): ``missed`` /
+      ``StartingDeadlineExceeded`` for an expired message, as for a message
+      taken after the run's deadline; otherwise ``skipped`` / ``Revoked``;
+    - ``running`` and terminated (or ``lost`` for this worker's attempt):
+      ``failed`` / ``Terminated``, naming the signal, with ``finished_at`` and
+      ``duration_ms``. A job that survives the signal keeps running, but its
+      own end is then not recorded: the run was ended by hand;
+    - ``running`` and *not* terminated (a duplicate message discarded while
+      the run runs elsewhere): ``None``, the process running it records it;
+    - already ended (beat recorded it ``Replaced`` before revoking it, or it
+      finished while the revoke was on its way): ``None``, record kept.
+
+    The waiting state is tried first: a terminated child may have been killed
+    before it moved the run to ``running``. The order follows the run's own
+    (queued -> running), so a child starting it meanwhile is still caught.
+    """
+    how = revoke_cause(terminated_by=terminated_by, expired=expired)
+    if expired:
+        missed = record_missed(run_id, f"{expires} (its message expired)")
+        return RunStatus.MISSED if missed else None
+    if end_unstarted_run(
+        run_id,
+        RunStatus.SKIPPED,
+        error_type="Revoked",
+        error_message=f"{how} before it started; its message was discarded",
+    ):
+        return RunStatus.SKIPPED
+    if terminated_by is None:
+        return None
+    message = f"{how} while running (revoked with terminate=True)"
+    error = RunError(type="Terminated", message=message, traceback="")
+    if record_from_main_process(run_id, RunStatus.FAILED, error, worker=worker) is None:
+        return None
+    return RunStatus.FAILED
+
+
+def current_status(run_id: Any) -> str | None:
+    """The run's status as stored now, ``None`` when there is no such run (for log lines only)."""
+    run_uuid = run_pk(run_id)
+    if run_uuid is None:
+        return None
+    return JobRun.objects.filter(pk=run_uuid).values_list("status", flat=True).first()

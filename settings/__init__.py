@@ -219,6 +219,14 @@ CELERY_ENABLE_UTC = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup closes a worker's database connection before and after
+# every task unless this is set (it reads CELERY_DB_REUSE_MAX: celery/fixups/
+# django.py), and opening one was a third of a run's cost on the worker
+# (bench/worker_throughput.py). Kept open instead, and recycled by Django's
+# own rules at each task's edges (CONN_MAX_AGE, a broken or mid-transaction
+# connection: jobs.framework.recycle_database_connections); the fixup still
+# closes it after this many tasks.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -30,12 +30,12 @@ from typing import NamedTuple
 
 from celery import Celery
 from django.db import connection, transaction
-from django.db.models import Case, Value, When
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from jobs.models import ACTIVE_STATUSES, JobRun, RunStatus
 from jobs.publishing import record_outbox
+from jobs.runs import end_replaced_runs
 from lib.sequences import CHUNK, chunks
 from scheduler.beat.entries import Entry
 from scheduler.models import Overlap, SchedulePolicy
@@ -216,7 +216,8 @@ def claim_slots(
 
     ``skip`` overlap: a slot of a schedule with a run still queued or running
     is claimed as ``skipped``. ``replace``: the older active runs are returned
-    for revocation and recorded as ``skipped`` (queued) or ``failed`` (running).
+    for revocation and recorded as ``skipped`` (queued) or ``failed`` (running)
+    by ``jobs.runs.end_replaced_runs``, in the claim's transaction.
     """
     if not planned:
         return Claim([], [], None)
@@ -242,18 +243,8 @@ def claim_slots(
                 runs.append(_run_for(p, RunStatus.QUEUED, now))
         ours = insert_runs(runs, now)
         if to_revoke:
-            # The status is decided by the UPDATE, not from what was read above:
-            # a worker may have started the run since, and a run that started is
-            # "failed" (it was cut short), not "skipped" (it never ran).
-            JobRun.objects.filter(pk__in=[old.pk for old in to_revoke], status__in=ACTIVE_STATUSES).update(
-                status=Case(
-                    When(status=RunStatus.RUNNING, then=Value(RunStatus.FAILED)),
-                    default=Value(RunStatus.SKIPPED),
-                ),
-                finished_at=now,
-                error_type="Replaced",
-                error_message="replaced by a newer slot (overlap policy: replace)",
-            )
+            # skipped or failed is decided by the UPDATE, not from what was read above.
+            end_replaced_runs([old.pk for old in to_revoke], now)
         claimed = [r for r in runs if r.pk in ours]
         batch = record_outbox([r.pk for r in claimed if r.status == RunStatus.QUEUED])
         if fence is not None:
