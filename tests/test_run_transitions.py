@@ -195,3 +195,48 @@ def test_it_keeps_the_record_of_a_run_that_already_ended_when_its_revoke_arrives
 def test_it_records_nothing_for_a_task_id_that_is_not_a_run():
     assert runs.record_revoked("not-a-uuid", terminated_by="SIGKILL") is None
     assert runs.current_status("not-a-uuid") is None
+
+
+# -- End -------------------------------------------------------------------------------
+
+
+def test_it_records_the_end_of_an_attempt_with_its_result_in_one_statement(django_assert_num_queries):
+    queued = run_in(RunStatus.QUEUED)
+    started = runs.start_run(str(queued.pk), job=queued.job, attempt=1, worker=WORKER)
+    later = started.started_at + timedelta(milliseconds=1500)
+
+    with django_assert_num_queries(1):
+        assert runs.finish_run(started, RunStatus.SUCCEEDED, result={"slept": 0, "note": "é"}, now=later)
+
+    ended = JobRun.objects.get(pk=queued.pk)
+    assert (ended.status, ended.finished_at, ended.duration_ms) == (RunStatus.SUCCEEDED, later, 1500)
+    assert ended.result == {"slept": 0, "note": "é"}
+    assert (ended.error_type, ended.error_message, ended.traceback) == ("", "", "")
+
+
+def test_it_records_a_failed_attempt_with_its_error():
+    started = runs.start_run(
+        str(run_in(RunStatus.QUEUED).pk), job="diagnostics.sleep", attempt=1, worker=WORKER
+    )
+    error = runs.RunError(type="builtins.ValueError", message="bad", traceback="Traceback …")
+
+    assert runs.finish_run(started, RunStatus.FAILED, error=error)
+
+    ended = JobRun.objects.get(pk=started.pk)
+    assert (ended.status, ended.error_type, ended.error_message, ended.traceback, ended.result) == (
+        RunStatus.FAILED,
+        "builtins.ValueError",
+        "bad",
+        "Traceback …",
+        None,
+    )
+
+
+def test_it_does_not_end_an_attempt_twice():
+    started = runs.start_run(
+        str(run_in(RunStatus.QUEUED).pk), job="diagnostics.sleep", attempt=1, worker=WORKER
+    )
+
+    assert runs.finish_run(started, RunStatus.SUCCEEDED)
+    assert not runs.finish_run(started, RunStatus.FAILED)
+    assert JobRun.objects.get(pk=started.pk).status == RunStatus.SUCCEEDED

@@ -103,7 +103,7 @@ def sql_text(node: ast.AST, aliases: dict[str, ast.AST]) -> str:
     for value in node.values:
         if isinstance(value, ast.FormattedValue):
             bound = aliases.get(value.value.id) if isinstance(value.value, ast.Name) else value.value
-            is_run_table = bound is not None and ast.unparse(bound) == "JobRun._meta.db_table"
+            is_run_table = bound is not None and "JobRun._meta.db_table" in ast.unparse(bound)
             parts.append(RUN_TABLE if is_run_table else "{?}")
         else:
             parts.append(sql_text(value, aliases))
@@ -197,6 +197,7 @@ WRITES = {
     "a read then save": "run = JobRun.objects.get(pk=1)\nrun.status = 'failed'\nrun.save()",
     "a setattr": "run = JobRun.objects.get(pk=1)\nsetattr(run, 'status', 'failed')",
     "a raw update": "sql = f'UPDATE {JobRun._meta.db_table} SET status = 1'",
+    "a raw update of a quoted name": "sql = f'UPDATE {ops.quote_name(JobRun._meta.db_table)} SET x = 1'",
     "a raw update naming the table": "cursor.execute('update jobs_jobrun set status = %s', ['x'])",
     "a run built with a status": "JobRun(job='x', status='queued').save()",
     "a run created with a status": "JobRun.objects.create(job='x', status='running')",
