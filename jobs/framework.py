@@ -43,9 +43,10 @@ from datetime import timedelta
 from typing import Any
 
 import sentry_sdk
-from billiard.einfo import ExceptionWithTraceback
+from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]  # not in billiard's stubs
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from celery import Task, signals
+from celery.app.task import Context
 from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker import state as worker_state
@@ -118,6 +119,11 @@ class JobRequest(Request):
       the attempt. The attempt's request is put back.
     """
 
+    # Celery's Request has these; celery-types' stub of it leaves them out.
+    _context: Context
+    _already_cancelled: bool
+    _already_revoked: bool
+
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
@@ -183,6 +189,7 @@ class JobTask(Task):
         if request.called_directly:
             return self.run(*args, **kwargs)
         delivery = request.delivery_info or {}
+        assert request.id is not None  # a message always carries its task id
         started = runs.start_run(
             request.id,
             job=self.name,
@@ -354,7 +361,6 @@ def job(
             parameters=describe_parameters(fn),
         )
         return app.task(
-            fn,
             name=name,
             base=JobTask,
             soft_time_limit=soft,
@@ -362,6 +368,6 @@ def job(
             max_retries=max_retries,
             retry_backoff_seconds=retry_backoff,
             retry_backoff_max_seconds=retry_backoff_max,
-        )
+        )(fn)
 
     return decorate

@@ -60,6 +60,7 @@ def schedules_with_active_runs(task_ids: Sequence[int]) -> dict[int, list[JobRun
         for run in JobRun.objects.filter(schedule_id__in=chunk, status__in=ACTIVE_STATUSES).only(
             "id", "schedule_id", "status"
         ):
+            assert run.schedule_id is not None  # selected by schedule_id__in
             active[run.schedule_id].append(run)
     return active
 
@@ -96,7 +97,7 @@ INSERT_COLUMNS = (
 
 
 def _run_for(planned: PlannedSlot, status: RunStatus, now: datetime, message: str = "") -> ClaimedRun:
-    definition = planned.entry.definition
+    definition = planned.entry.live
     return ClaimedRun(
         id=uuid.uuid4(),
         schedule_id=planned.entry.task_id,
@@ -148,8 +149,8 @@ def insert_runs(runs: Sequence[ClaimedRun], now: datetime) -> set[uuid.UUID]:
         batch_size=CHUNK,
     )
     ours: set[uuid.UUID] = set()
-    for chunk in chunks([r.id for r in runs]):
-        ours.update(JobRun.objects.filter(pk__in=chunk).values_list("pk", flat=True))
+    for run_ids in chunks([r.id for r in runs]):
+        ours.update(JobRun.objects.filter(pk__in=run_ids).values_list("pk", flat=True))
     _advance_last_slots(runs)
     return ours
 
@@ -224,21 +225,19 @@ def claim_slots(
     now = now or timezone.now()
     with transaction.atomic():
         overlapping = [
-            p.entry.task_id
-            for p in planned
-            if p.outcome == RUN and p.entry.definition.overlap != Overlap.ALLOW
+            p.entry.task_id for p in planned if p.outcome == RUN and p.entry.live.overlap != Overlap.ALLOW
         ]
         active = schedules_with_active_runs(overlapping) if overlapping else {}
         runs, to_revoke = [], []
         for p in planned:
             if p.outcome == MISSED:
                 runs.append(_run_for(p, RunStatus.MISSED, now, p.reason))
-            elif p.entry.task_id in active and p.entry.definition.overlap == Overlap.SKIP:
+            elif p.entry.task_id in active and p.entry.live.overlap == Overlap.SKIP:
                 runs.append(
                     _run_for(p, RunStatus.SKIPPED, now, "the previous run was still queued or running")
                 )
             else:
-                if p.entry.task_id in active and p.entry.definition.overlap == Overlap.REPLACE:
+                if p.entry.task_id in active and p.entry.live.overlap == Overlap.REPLACE:
                     to_revoke.extend(active.pop(p.entry.task_id))
                 runs.append(_run_for(p, RunStatus.QUEUED, now))
         ours = insert_runs(runs, now)
