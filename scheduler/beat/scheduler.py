@@ -32,6 +32,12 @@ logger = logging.getLogger(__name__)
 
 OUTAGES = (DatabaseError, InterfaceError, BrokerError, OSError)
 
+# Django's connection housekeeping (close a connection past CONN_MAX_AGE or
+# broken) runs on this clock, not every tick: it cost more than the rest of an
+# idle tick. A failed tick does it at once (``_note_failure``) and makes the
+# next tick do it again, so an outage is still handled on the next tick.
+HOUSEKEEPING_SECONDS = 5.0
+
 
 class DatabaseBeat(Scheduler):
     """Celery ``Scheduler`` driven by :class:`BeatEngine` under a leader lease."""
@@ -42,6 +48,7 @@ class DatabaseBeat(Scheduler):
         self._failing = False
         self._last_unexpected = ""
         self._next_lease_check = 0.0
+        self._next_housekeeping = 0.0
         super().__init__(*args, **kwargs)
 
     def setup_schedule(self) -> None:
@@ -60,7 +67,10 @@ class DatabaseBeat(Scheduler):
         )
 
     def tick(self, *args, **kwargs) -> float:
-        close_old_connections()
+        clock = time.monotonic()
+        if clock >= self._next_housekeeping:
+            close_old_connections()
+            self._next_housekeeping = clock + HOUSEKEEPING_SECONDS
         try:
             wait = self._tick()
         except LeaseLost as exc:
@@ -68,6 +78,7 @@ class DatabaseBeat(Scheduler):
             return 0.0
         except OUTAGES as exc:
             self._note_failure(exc)
+            self._next_housekeeping = 0.0
             if self.engine is not None:
                 # Slots popped for a claim that failed exist only in memory:
                 # rebuild from the database (last_slot_at did not advance) on
@@ -78,6 +89,7 @@ class DatabaseBeat(Scheduler):
             # Per-schedule errors are quarantined inside the engine; this is the
             # net under a bug of our own. Rebuild from the database and go on.
             self._note_unexpected(exc)
+            self._next_housekeeping = 0.0
             if self.engine is not None:
                 self.engine.loaded = False
             return float(self.max_interval or 1)
