@@ -7,8 +7,9 @@ Celery task that:
   function does not orphan them), a default queue, default soft and hard time
   limits, and a retry policy (exponential backoff with full jitter);
 - keeps the worker's database connection across tasks (Django's own rules
-  still close an old or broken one: ``recycle_database_connections``), so a
-  run costs its worker two statements: its start and its end;
+  still close an old or broken one, and one that died while the worker was
+  idle is found by a ping: ``check_connections_before_task``), so a run
+  costs its worker two statements: its start and its end;
 - moves its ``JobRun`` to ``running`` with a conditional UPDATE before the job
   body runs, so a redelivered message of a finished run is acknowledged and
   ignored, and a message started after its deadline is recorded ``missed``.
@@ -37,6 +38,7 @@ from __future__ import annotations
 import inspect
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -52,7 +54,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from celery.worker import state as worker_state
 from celery.worker.request import Request
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
 from jobs import runs
@@ -251,23 +253,63 @@ class JobTask(Task):
                 report_to_sentry(run, exc, timeout="hard")
 
 
-@signals.task_prerun.connect(dispatch_uid="jobs.framework.recycle_connections_before")
-@signals.task_postrun.connect(dispatch_uid="jobs.framework.recycle_connections_after")
-def recycle_database_connections(sender: Task | None = None, **_kwargs: Any) -> None:
-    """Drop a worker child's database connection at a task's edges when Django would drop it.
+# A kept connection idle this long is pinged (one SELECT 1) before the next
+# task uses it: it may have died meanwhile (a database restart, a server or
+# proxy idle timeout), and a run's first statement must not be the one that
+# finds out (its message would be acknowledged with the run still queued).
+# Tasks back to back never pay for the ping.
+IDLE_PING_SECONDS = 1.0
+
+
+@dataclass
+class _ConnectionUse:
+    last_task_ended: float = 0.0  # time.monotonic(); 0: no task yet
+
+
+_connection_use = _ConnectionUse()
+
+
+def _in_worker_task(sender: Task | None) -> bool:
+    """A task run by a worker, not an eager call (tests, ``apply()``: the caller's transaction)."""
+    request = getattr(sender, "request", None)
+    return not (request is None or getattr(request, "is_eager", False) or request.called_directly)
+
+
+@signals.task_prerun.connect(dispatch_uid="jobs.framework.check_connections_before_task")
+def check_connections_before_task(sender: Task | None = None, **_kwargs: Any) -> None:
+    """Before a task: Django's rules for a kept connection, and a ping after an idle spell.
 
     The worker keeps its connection across tasks (``CELERY_DB_REUSE_MAX``:
     Celery's Django fixup would otherwise close it after every task, and
     opening one cost a third of a run's time on the worker). What a web
     request gets, a task gets too: a connection older than ``CONN_MAX_AGE``,
     left in a transaction, or unusable after an error is closed, and the next
-    query opens a fresh one. Eager calls (tests, ``apply()``) are left alone,
-    as the fixup leaves them: they run inside the caller's transaction.
+    query opens a fresh one. Eager calls are left alone, as the fixup leaves them.
     """
-    request = getattr(sender, "request", None)
-    if request is None or getattr(request, "is_eager", False) or request.called_directly:
+    if not _in_worker_task(sender):
         return
     close_old_connections()
+    if time.monotonic() - _connection_use.last_task_ended >= IDLE_PING_SECONDS:
+        close_dead_connections()
+
+
+@signals.task_postrun.connect(dispatch_uid="jobs.framework.recycle_connections_after_task")
+def recycle_connections_after_task(sender: Task | None = None, **_kwargs: Any) -> None:
+    """After a task: close a connection Django would not keep (too old, broken by an error)."""
+    if not _in_worker_task(sender):
+        return
+    close_old_connections()
+    _connection_use.last_task_ended = time.monotonic()
+
+
+def close_dead_connections() -> int:
+    """Close every open connection that does not answer a ping; return how many were closed."""
+    closed = 0
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and not conn.in_atomic_block and not conn.is_usable():
+            conn.close()
+            closed += 1
+    return closed
 
 
 def signal_name(signum: Any) -> str:

@@ -161,7 +161,7 @@ def start_run(
     message, requeued) is a new attempt.
 
     From ``queued`` or ``retrying`` to ``running``, in one statement for the
-    common case (``_start_waiting_run``); everything else (no row, a run
+    common case on PostgreSQL (``_start_waiting_run``); everything else (no row, a run
     already running, ended or past its deadline, a race lost) takes the
     general path below, which reads the row first and decides.
     """
@@ -207,14 +207,18 @@ def start_run(
     return run
 
 
-# The run's start, as the general path writes it, in one UPDATE … RETURNING
-# (SQLite 3.35+ and PostgreSQL): the new attempt is at least the message's
-# count and one more than the record's; lateness is truncated to whole ms.
-_LATENESS_MS = {
-    "postgresql": "trunc(extract(epoch from (%s - scheduled_for)) * 1000)::integer",
-    "sqlite": "django_timestamp_diff(%s, scheduled_for) / 1000",
-}
-_GREATEST = {"postgresql": "greatest", "sqlite": "max"}
+# The run's start, as the general path writes it, in one UPDATE … RETURNING:
+# the new attempt is at least the message's count and one more than the
+# record's; lateness is truncated to whole ms. PostgreSQL only: on SQLite (the
+# embedded default, one writer at a time) the worker suite saw "database is
+# locked" with it, so SQLite keeps the general path.
+_START_WAITING_RUN = (
+    "UPDATE {table} SET status = %s, started_at = %s, attempt = greatest(%s, attempt + 1), worker = %s, "
+    "lateness_ms = trunc(extract(epoch from (%s - scheduled_for)) * 1000)::integer, "
+    "enqueued_at = coalesce(enqueued_at, %s) "
+    "WHERE id = %s AND status IN (%s, %s) AND (deadline IS NULL OR deadline >= %s) "
+    "RETURNING {columns}"
+)
 
 
 def _start_waiting_run(run_id: str, *, attempt: int, worker: str, now: datetime) -> JobRun | None:
@@ -223,29 +227,19 @@ def _start_waiting_run(run_id: str, *, attempt: int, worker: str, now: datetime)
     One guarded UPDATE … RETURNING, the statement a worker runs for almost
     every message: a run's cost on the worker is this and ``finish_run``.
     ``None`` changes nothing, and the caller decides as before: no such row,
-    or not waiting, or past its deadline, or another delivery won.
+    or not waiting, or past its deadline, or another delivery won (or SQLite).
     """
     run_uuid = run_pk(run_id)
-    vendor = connection.vendor
-    if run_uuid is None or vendor not in _LATENESS_MS:
+    if run_uuid is None or connection.vendor != "postgresql":
         return None
     ops = connection.ops
-    when = ops.adapt_datetimefield_value(now)
-    # Concrete fields are those with a column (Django's definition): none is left out.
-    columns = ", ".join(
-        ops.quote_name(f.column) for f in JobRun._meta.concrete_fields if f.column is not None
-    )
-    sql = (
-        f"UPDATE {ops.quote_name(JobRun._meta.db_table)} SET status = %s, started_at = %s, "  # noqa: S608
-        f"attempt = {_GREATEST[vendor]}(%s, attempt + 1), worker = %s, "
-        f"lateness_ms = {_LATENESS_MS[vendor]}, enqueued_at = coalesce(enqueued_at, %s) "
-        "WHERE id = %s AND status IN (%s, %s) AND (deadline IS NULL OR deadline >= %s) "
-        f"RETURNING {columns}"
+    sql = _START_WAITING_RUN.format(
+        table=ops.quote_name(JobRun._meta.db_table),
+        columns=", ".join(ops.quote_name(str(f.column)) for f in JobRun._meta.concrete_fields),
     )
     params = [
-        RunStatus.RUNNING.value, when, attempt, worker[:255], when, when,
-        JobRun._meta.pk.get_db_prep_value(run_uuid, connection),
-        RunStatus.QUEUED.value, RunStatus.RETRYING.value, when,
+        RunStatus.RUNNING.value, now, attempt, worker[:255], now, now,
+        run_uuid, RunStatus.QUEUED.value, RunStatus.RETRYING.value, now,
     ]  # fmt: skip
     started = list(JobRun.objects.raw(sql, params))
     return started[0] if started else None

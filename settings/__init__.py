@@ -224,9 +224,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # django.py), and opening one was a third of a run's cost on the worker
 # (bench/worker_throughput.py). Kept open instead, and recycled by Django's
 # own rules at each task's edges (CONN_MAX_AGE, a broken or mid-transaction
-# connection: jobs.framework.recycle_database_connections); the fixup still
-# closes it after this many tasks.
-CELERY_DB_REUSE_MAX = 1000
+# connection, one that died while the worker was idle:
+# jobs.framework.check_connections_before_task); the fixup still closes it
+# after this many tasks. SQLite (the embedded default, CONN_MAX_AGE 0) keeps
+# Celery's close after every task.
+CELERY_DB_REUSE_MAX = None if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 1000
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
