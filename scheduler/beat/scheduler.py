@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 
-from celery.beat import Scheduler
+from celery.beat import ScheduleEntry, Scheduler
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connections
 from kombu.exceptions import OperationalError as BrokerError
@@ -54,8 +54,11 @@ class DatabaseBeat(Scheduler):
     def setup_schedule(self) -> None:
         logger.info("beat %s starting as a standby", self.lease.holder)
 
+    # Celery's own ``schedule`` is a property too; celery-types declares a plain
+    # attribute, so a read-only one reads as an override error.
     @property
-    def schedule(self) -> dict:
+    def schedule(self) -> dict[str, ScheduleEntry]:  # type: ignore[override]
+        """No Celery entries: the engine keeps the schedules."""
         return {}
 
     def _new_engine(self) -> BeatEngine:
