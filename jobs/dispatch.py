@@ -31,6 +31,7 @@ judged again against the table before the caller is refused.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -225,6 +226,23 @@ def _column_values(run: JobRun) -> list[Any]:
     return values
 
 
+@functools.cache
+def _postgresql_statements() -> tuple[str, str]:
+    """(one run's INSERT feeding its outbox INSERT, the COPY of many runs), built once per process."""
+    fields = JobRun._meta.concrete_fields
+    table = JobRun._meta.db_table
+    # Concrete fields are those with a column (Django's definition): none is left out.
+    columns = ", ".join(db.ops.quote_name(field.column) for field in fields if field.column is not None)
+    placeholders = ", ".join("%s::jsonb" if isinstance(field, JSONField) else "%s" for field in fields)
+    outbox = OutboxBatch._meta.db_table
+    insert_one = (
+        f"WITH run AS (INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING id) "  # noqa: S608
+        f"INSERT INTO {outbox} (run_ids, created_at) SELECT jsonb_build_array(id::text), %s FROM run "
+        "RETURNING id"
+    )
+    return insert_one, f"COPY {table} ({columns}) FROM STDIN"
+
+
 def _record_postgresql(runs: list[JobRun]) -> int | None:
     """Insert ``runs`` and their outbox batch; return the batch id (None for no runs).
 
@@ -235,28 +253,18 @@ def _record_postgresql(runs: list[JobRun]) -> int | None:
     costs four round trips for the same (BEGIN, two INSERTs, COMMIT), and
     bulk_create spends most of its time preparing values.
     """
-    fields = JobRun._meta.concrete_fields
-    table = JobRun._meta.db_table
-    # Concrete fields are those with a column (Django's definition): none is left out.
-    columns = ", ".join(db.ops.quote_name(field.column) for field in fields if field.column is not None)
-    outbox = OutboxBatch._meta.db_table
+    insert_one, copy_many = _postgresql_statements()
     if len(runs) == 1:
-        placeholders = ", ".join("%s::jsonb" if isinstance(field, JSONField) else "%s" for field in fields)
         with db.cursor() as cursor:
-            cursor.execute(
-                f"WITH run AS (INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING id) "  # noqa: S608
-                f"INSERT INTO {outbox} (run_ids, created_at) SELECT jsonb_build_array(id::text), %s FROM run "
-                "RETURNING id",
-                [*_column_values(runs[0]), runs[0].created_at],
-            )
+            cursor.execute(insert_one, [*_column_values(runs[0]), runs[0].created_at])
             return cursor.fetchone()[0]
     # The runs of one dispatch_many differ only in id and arguments: one row
     # of values, three columns replaced per run.
     row = _column_values(runs[0])
-    at = {field.attname: i for i, field in enumerate(fields)}
+    at = {field.attname: i for i, field in enumerate(JobRun._meta.concrete_fields)}
     id_at, args_at, kwargs_at = at["id"], at["args"], at["kwargs"]
     with transaction.atomic(), db.cursor() as cursor:
-        with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+        with cursor.cursor.copy(copy_many) as copy:
             for run in runs:
                 row[id_at] = run.id
                 row[args_at], row[kwargs_at] = json.dumps(run.args), json.dumps(run.kwargs)

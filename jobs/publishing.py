@@ -25,7 +25,7 @@ import json
 import socket
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -159,8 +159,7 @@ def publish_runs(app: Celery, runs: Sequence[PublishableRun]) -> int:
         return 0
     origin = f"beatplatform@{socket.gethostname()}"
     default_queue = app.conf.task_default_queue
-    # Producer.batch is newer (kombu 5.7) than celery-types' kombu stubs.
-    with kept_producer(app) as producer, producer.batch(max_size=1000):  # type: ignore[attr-defined]
+    with kept_producer(app) as producer, _pipelined(producer, len(queued)):
         for run in queued:
             headers, body = task_message(run, origin)
             # The default exchange routes by queue name, on Redis and AMQP alike.
@@ -178,6 +177,15 @@ def publish_runs(app: Celery, runs: Sequence[PublishableRun]) -> int:
                 declare=None,
             )
     return len(queued)
+
+
+def _pipelined(producer: Producer, count: int) -> AbstractContextManager[object]:
+    """kombu's publish batch for many messages; none for one (building the pipeline cost more)."""
+    if count == 1:
+        return nullcontext()
+    # Producer.batch is newer (kombu 5.7) than celery-types' kombu stubs.
+    batch: AbstractContextManager[object] = producer.batch(max_size=1000)  # type: ignore[attr-defined]
+    return batch
 
 
 def record_outbox(run_ids: Sequence[uuid.UUID]) -> int | None:
