@@ -193,18 +193,8 @@ def test_it_builds_the_message_celery_builds_for_a_run_of_a_schedule_by_hand():
     assert_same_message_as_celery(run)
 
 
-# Celery writes argsrepr/kwargsrepr with celery.utils.saferepr (empty args as
-# the tuple ``()``, at most 1,024 characters, 3 levels deep, its own quoting);
-# task_message with repr(). Equal for most arguments; the cases marked differ
-# today (each in one header only). Strict: once fixed, the mark must go.
-def differs_today(difference: str):
-    return pytest.mark.xfail(
-        strict=True,
-        raises=AssertionError,
-        reason=f"task_message writes repr(), Celery saferepr(): {difference}",
-    )
-
-
+# Celery writes argsrepr/kwargsrepr with celery.utils.saferepr: empty args as
+# the tuple ``()``, at most 1,024 characters, 3 levels deep, its own quoting.
 @pytest.mark.parametrize(
     "args, kwargs",
     [
@@ -216,33 +206,26 @@ def differs_today(difference: str):
             [],
             {"seconds": 1},
             id="no positional arguments",
-            marks=differs_today("argsrepr '[]' vs Celery's '()' (as_task_v2 makes empty args a tuple)"),
         ),
         pytest.param(
             [1],
             {"message": "it's a drill"},
             id="apostrophe",
-            marks=differs_today(
-                """kwargsrepr {'message': "it's a drill"} vs {'message': 'it\\'s a drill'}"""
-            ),
         ),
         pytest.param(
             ["a\u2028b"],
             {},
             id="unprintable character",
-            marks=differs_today("argsrepr ['a\\u2028b'] (escaped) vs the raw U+2028 character in Celery's"),
         ),
         pytest.param(
             [1],
             {"filters": {"region": {"eu": {"west": 1}}}},
             id="four levels deep",
-            marks=differs_today("kwargsrepr in full vs {'filters': {'region': {'eu': {...}}}}"),
         ),
         pytest.param(
             ["x" * 2000],
             {},
             id="long",
-            marks=differs_today("argsrepr of 2,006 characters vs Celery's cut to 1,024 and '...'"),
         ),
     ],
 )
