@@ -28,12 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ("jobs", "scheduler", "lib", "settings")
 THE_WRITER = "jobs/runs.py"
 # Modules that insert runs with their first status: beat's claim (raw SQL
-# INSERT on PostgreSQL, the ORM elsewhere) and the dispatch of one run.
-# ``jobs.client`` is being split: its dispatch moves to ``jobs/dispatch.py``.
+# INSERT on PostgreSQL, the ORM elsewhere) and dispatch (one run, or a batch).
 CREATORS = {
     "scheduler/beat/dispatch.py": "beat claims slots: runs inserted queued, skipped or missed",
     "jobs/dispatch.py": "dispatch: runs inserted queued",
-    "jobs/client.py": "dispatch, before the split: runs inserted queued",
 }
 RUN_TABLE = "jobs_jobrun"
 UPDATES = {"update", "bulk_update", "update_or_create"}
@@ -219,6 +217,6 @@ def test_it_lets_listed_creators_insert_runs_and_anyone_read_or_write_other_fiel
         "sql = f'UPDATE {policies} SET last_slot_at = 1'\n"
     )
 
-    assert status_writes(creates, "jobs/client.py") == []
+    assert status_writes(creates, "jobs/dispatch.py") == []
     assert status_writes(creates, "jobs/elsewhere.py") != []
     assert status_writes(harmless, "scheduler/elsewhere.py") == []
