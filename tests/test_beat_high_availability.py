@@ -89,6 +89,7 @@ def test_two_beats_dispatch_every_slot_exactly_once(ha_env, logs_dir, redis_clie
     assert len(queued_ids(redis_client, queue)) == 3000
 
 
+@pytest.mark.timeout(600)  # ten kills and restarts of real beats; slow on a busy machine
 def test_killing_the_leader_mid_burst_loses_and_duplicates_nothing(ha_env, logs_dir, redis_client, catalog):
     queue = "ha-kill"
     redis_client.delete(queue)
