@@ -118,6 +118,17 @@ def flush_bench_redis(db: int = REDIS_DB) -> None:
     client.flushdb()
 
 
+def cpu_model(default: str = "unknown") -> str:
+    """The CPU's model name from /proc/cpuinfo, for the machine line of a result."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return default
+
+
 def proc_status() -> dict[str, float]:
     """VmRSS / VmHWM of this process in MB (Linux), and ru_maxrss."""
     out: dict[str, float] = {}

@@ -39,6 +39,7 @@ from common import (  # noqa: E402
     SEED_DB,
     admin_connection,
     bench_env,
+    cpu_model,
     create_database,
     drop_database,
     flush_bench_redis,
@@ -62,14 +63,7 @@ def environment() -> list[str]:
     import django_celery_beat
     import kombu
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     with admin_connection() as conn:
         pg = conn.execute("SHOW server_version").fetchone()[0]
     info = redis_client().info("server")

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from celery import Celery  # noqa: E402
 
-from bench.common import PYTHON, REPO, bench_env, create_database, drop_database, fmt, run_checked  # noqa: E402
+from bench.common import PYTHON, REPO, bench_env, cpu_model, create_database, drop_database, fmt, run_checked  # noqa: E402
 
 DB = "bench_worker"
 REDIS_DB = 15
@@ -224,14 +224,7 @@ def git_commit(code: Path) -> str:
 
 
 def machine() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model("?")
     return f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python {platform.python_version()}"
 
 
