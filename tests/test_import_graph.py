@@ -7,17 +7,10 @@ the contracts in ``pyproject.toml``.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.processes import run_dev_tool
 
 
 def test_it_keeps_every_import_contract():
-    lint_imports = Path(sys.executable).with_name("lint-imports")
-    result = subprocess.run(
-        [str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    result = run_dev_tool("lint-imports", "--no-cache", timeout=120)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "3 kept, 0 broken" in result.stdout

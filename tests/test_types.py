@@ -7,17 +7,10 @@ from their fields: a claimed run passed where a ``JobRun`` is expected, or a
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.processes import run_dev_tool
 
 
 def test_it_finds_no_type_errors():
-    mypy = Path(sys.executable).with_name("mypy")
-    result = subprocess.run(
-        [str(mypy), "--hide-error-context"], cwd=ROOT, capture_output=True, text=True, timeout=540
-    )
+    result = run_dev_tool("mypy", "--hide-error-context", timeout=540)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "Success: no issues found" in result.stdout

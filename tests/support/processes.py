@@ -88,6 +88,12 @@ def exit_code(service: Service, timeout: float = 60.0) -> int:
         service.stop()
 
 
+def run_dev_tool(name: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a command-line tool of the virtualenv (mypy, lint-imports) from the repository root."""
+    tool = Path(sys.executable).with_name(name)
+    return subprocess.run([str(tool), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
 def celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "scheduler", *args]
 
