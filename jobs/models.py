@@ -130,6 +130,8 @@ class JobRun(models.Model):
             models.Index(fields=["schedule", "-scheduled_for"], name="run_by_schedule"),
             models.Index(fields=["job", "-scheduled_for"], name="run_by_job"),
             models.Index(fields=["status", "-scheduled_for"], name="run_by_status"),
+            # The alert detector reads the runs that ended since its last cycle.
+            models.Index(fields=["finished_at"], name="run_by_finish"),
         ]
 
     def __str__(self) -> str:

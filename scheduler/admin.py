@@ -114,12 +114,14 @@ class SchedulePolicyInline(admin.StackedInline):
     can_delete = False
     min_num = 0
     max_num = 1
-    verbose_name = "Run policy (time limits, queue, catch-up, overlap)"
+    verbose_name = "Run policy (time limits, queue, catch-up, overlap, alerting)"
     fields = (
         ("soft_time_limit", "hard_time_limit"),
         "queue",
         ("catchup", "overlap"),
         ("starting_deadline", "jitter"),
+        ("grace", "late_after", "expected_duration"),
+        ("failures_before_alert", "successes_before_recovery", "remind_every"),
         "slug",
         "problem",
         "last_slot_at",

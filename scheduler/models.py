@@ -3,7 +3,9 @@
 django-celery-beat's models stay the source of what runs when, so its data and
 admin keep working; ``SchedulePolicy`` adds what a production scheduler needs
 per schedule: time-limit and queue overrides, catch-up and overlap policies,
-the starting deadline, and a stable slug for Sentry Crons monitors.
+the starting deadline, a stable slug for Sentry Crons monitors, and what
+on-call alerting judges a run by (grace, lateness and duration thresholds,
+failures before alerting, successes before recovery, reminder interval).
 """
 
 from __future__ import annotations
@@ -70,6 +72,39 @@ class SchedulePolicy(models.Model):
         blank=True,
         editable=False,
         help_text="The newest slot beat claimed, advanced in the claim's transaction.",
+    )
+    grace = models.PositiveIntegerField(
+        default=60,
+        help_text="Seconds after its slot a run may start before the slot counts as missed and "
+        "pages (Sentry Crons: the check-in margin, in whole minutes).",
+    )
+    late_after = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds: a run that starts later than this after its slot is late (a warning, "
+        "not a page). Empty: never judged late.",
+    )
+    expected_duration = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds: a run still running after this is overrunning (alerted before the hard "
+        "limit kills it). Empty: only the time limits judge duration.",
+    )
+    failures_before_alert = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="Consecutive failed runs (after their last retry) before an incident opens "
+        "(Sentry Crons: failure_issue_threshold).",
+    )
+    successes_before_recovery = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="Consecutive successful runs that resolve an open incident "
+        "(Sentry Crons: recovery_threshold).",
+    )
+    remind_every = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds between reminders while an incident stays open; 0: never remind; "
+        "empty: ALERT_REMINDER_SECONDS.",
     )
     problem = models.CharField(
         max_length=500,

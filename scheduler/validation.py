@@ -264,8 +264,39 @@ def validate_policy(policy: SchedulePolicy, task: PeriodicTask | None = None) ->
                 f"Jitter ({jitter} s) must be shorter than the starting deadline "
                 f"({effective_deadline} s), or a delayed run would be missed."
             )
+    errors.update(alerting_errors(policy, hard))
     if errors:
         raise ValidationError(errors)
+
+
+def alerting_errors(policy: SchedulePolicy, hard_time_limit: int | None) -> dict[str, str]:
+    """What is wrong with a policy's alerting thresholds, by field.
+
+    A threshold that can never be reached would silently never alert: an
+    expected duration at or past the effective hard limit (the limit kills the
+    run first and pages as a timeout), a lateness threshold at or past the
+    grace (the slot pages as missed first), zero failures or successes.
+    """
+    errors: dict[str, str] = {}
+    if (
+        policy.expected_duration is not None
+        and hard_time_limit is not None
+        and policy.expected_duration >= hard_time_limit
+    ):
+        errors["expected_duration"] = (
+            f"The expected duration ({policy.expected_duration} s) must be below the hard time limit "
+            f"({hard_time_limit} s): the limit would kill the run before it counted as overrunning."
+        )
+    if policy.late_after is not None and policy.late_after >= policy.grace:
+        errors["late_after"] = (
+            f"'Late after' ({policy.late_after} s) must be below the grace ({policy.grace} s): a run "
+            "that late has already paged as missed."
+        )
+    if policy.failures_before_alert < 1:
+        errors["failures_before_alert"] = "At least 1: the failure that opens the incident."
+    if policy.successes_before_recovery < 1:
+        errors["successes_before_recovery"] = "At least 1: the success that resolves the incident."
+    return errors
 
 
 # What django-celery-beat's scheduler writes after each dispatch (ModelEntry.save),

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "scheduler",
     "jobs",
+    "alerts",
 ]
 
 MIDDLEWARE = [
@@ -253,6 +254,16 @@ WORKER_PRESENCE_REFRESH_SECONDS = envint("WORKER_PRESENCE_REFRESH_SECONDS", 30, 
 SCHEDULE_MIN_INTERVAL_SECONDS = envfloat("SCHEDULE_MIN_INTERVAL_SECONDS", 1.0)
 RUN_TRACEBACK_LIMIT = 8000  # characters of traceback kept on a run
 RUN_RESULT_LIMIT = 4000  # characters of JSON result summary kept on a run
+
+# --- On-call alerting (the alerts app; `manage.py alertd` detects and delivers) ----
+# Seconds between reminders while an incident stays open (a policy may override).
+ALERT_REMINDER_SECONDS = envint("ALERT_REMINDER_SECONDS", 3600, minimum=0)
+# Beat is down when no leader has renewed the lease for this long (seconds).
+ALERT_BEAT_DOWN_AFTER = envint("ALERT_BEAT_DOWN_AFTER", 60, minimum=1)
+# How often the detector looks (seconds); detection latency is about this.
+ALERT_CHECK_INTERVAL = envfloat("ALERT_CHECK_INTERVAL", 5.0)
+# The admin's address as a person's browser reaches it, for links in alerts.
+PUBLIC_URL = envstr("PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 
 # --- runplatform (the embedded, all-in-one run command) ---------------------------
 RUN_HOST = envstr("HOST", "127.0.0.1")

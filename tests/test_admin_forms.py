@@ -29,6 +29,9 @@ def add_form(interval: IntervalSchedule, **fields) -> dict:
         "policy-0-catchup": "latest",
         "policy-0-overlap": "skip",
         "policy-0-jitter": "0",
+        "policy-0-grace": "60",
+        "policy-0-failures_before_alert": "1",
+        "policy-0-successes_before_recovery": "1",
     }
     data.update(fields)
     return data

@@ -361,7 +361,8 @@ class TestAdminPolicyInline:
             "kwargs": "{}", "enabled": "on", "headers": "{}",
             "policy-TOTAL_FORMS": "1", "policy-INITIAL_FORMS": "0", "policy-MIN_NUM_FORMS": "0",
             "policy-MAX_NUM_FORMS": "1", "policy-0-catchup": "latest", "policy-0-overlap": "allow",
-            "policy-0-jitter": "0",
+            "policy-0-jitter": "0", "policy-0-grace": "60",
+            "policy-0-failures_before_alert": "1", "policy-0-successes_before_recovery": "1",
             **fields,
         }  # fmt: skip
         return client.post("/admin/django_celery_beat/periodictask/add/", data)
