@@ -123,11 +123,12 @@ class JobRun(models.Model):
     class Meta:
         ordering = ["-scheduled_for"]
         constraints = [
+            # Its index also serves a schedule's history, newest first (read backwards):
+            # every run's start and end update each index, so none is kept twice.
             models.UniqueConstraint(fields=["schedule", "scheduled_for"], name="one_run_per_slot"),
         ]
         indexes = [
             models.Index(fields=["-scheduled_for"], name="run_history"),
-            models.Index(fields=["schedule", "-scheduled_for"], name="run_by_schedule"),
             models.Index(fields=["job", "-scheduled_for"], name="run_by_job"),
             models.Index(fields=["status", "-scheduled_for"], name="run_by_status"),
             # The alert detector reads the runs that ended since its last cycle.

@@ -38,11 +38,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Case, Q, Value, When
+from django.db.models import Case, Field, Q, Value, When
 from django.utils import timezone
 
 from jobs.models import ACTIVE_STATUSES, STARTABLE_STATUSES, JobRun, RunStatus
@@ -219,6 +220,25 @@ _START_WAITING_RUN = (
     "WHERE id = %s AND status IN (%s, %s) AND (deadline IS NULL OR deadline >= %s) "
     "RETURNING {columns}"
 )
+# The same UPDATE in its own transaction that does not wait for the disk
+# (one round trip; Django's psycopg cursors bind parameters client-side, so
+# the four statements go as one query string). A start is only a step: the
+# run's end, committed durably, flushes it too. What a database crash within
+# a moment of the start could lose is the mark "running" of a run whose end
+# then cannot be written either (the crash broke the worker's connection).
+_START_WAITING_RUN_NO_FLUSH = "BEGIN; SET LOCAL synchronous_commit TO OFF; {update}; COMMIT"
+
+
+@cache
+def _start_statement(in_transaction: bool) -> tuple[str, tuple[Field, ...]]:
+    """The start's SQL (see above) and the fields its RETURNING lists, in order."""
+    ops = connection.ops
+    fields = tuple(JobRun._meta.concrete_fields)
+    update = _START_WAITING_RUN.format(
+        table=ops.quote_name(JobRun._meta.db_table),
+        columns=", ".join(ops.quote_name(str(f.column)) for f in fields),
+    )
+    return (update if in_transaction else _START_WAITING_RUN_NO_FLUSH.format(update=update)), fields
 
 
 def _start_waiting_run(run_id: str, *, attempt: int, worker: str, now: datetime) -> JobRun | None:
@@ -226,23 +246,54 @@ def _start_waiting_run(run_id: str, *, attempt: int, worker: str, now: datetime)
 
     One guarded UPDATE … RETURNING, the statement a worker runs for almost
     every message: a run's cost on the worker is this and ``finish_run``.
+    Outside a caller's transaction (a worker) it commits without waiting for
+    the disk (``_START_WAITING_RUN_NO_FLUSH`` says why that loses nothing the
+    run's end keeps). The row comes back as a ``JobRun`` built from the
+    returned columns directly (``Model.from_db``), not through a RawQuerySet.
     ``None`` changes nothing, and the caller decides as before: no such row,
     or not waiting, or past its deadline, or another delivery won (or SQLite).
     """
     run_uuid = run_pk(run_id)
     if run_uuid is None or connection.vendor != "postgresql":
         return None
-    ops = connection.ops
-    sql = _START_WAITING_RUN.format(
-        table=ops.quote_name(JobRun._meta.db_table),
-        columns=", ".join(ops.quote_name(str(f.column)) for f in JobRun._meta.concrete_fields),
-    )
+    in_transaction = connection.in_atomic_block
+    sql, fields = _start_statement(in_transaction)
     params = [
         RunStatus.RUNNING.value, now, attempt, worker[:255], now, now,
         run_uuid, RunStatus.QUEUED.value, RunStatus.RETRYING.value, now,
     ]  # fmt: skip
-    started = list(JobRun.objects.raw(sql, params))
-    return started[0] if started else None
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute(sql, params)
+            row = _returned_row(cursor.cursor)
+        except Exception:
+            if not in_transaction:
+                _roll_back_quietly(cursor)
+            raise
+    if row is None:
+        return None
+    values = [
+        field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") else value
+        for field, value in zip(fields, row, strict=True)
+    ]
+    return JobRun.from_db(connection.alias, [f.attname for f in fields], values)
+
+
+def _returned_row(cursor: Any) -> tuple | None:
+    """The first row of the first result that has rows (the UPDATE's RETURNING), or ``None``."""
+    while True:
+        if cursor.description is not None:
+            return cursor.fetchone()
+        if not cursor.nextset():
+            return None
+
+
+def _roll_back_quietly(cursor: Any) -> None:
+    """End the explicit transaction a failed start left open; the first error is the one to raise."""
+    try:
+        cursor.execute("ROLLBACK")
+    except Exception:  # noqa: S110 (the connection is broken: Django closes it at the task's edge)
+        pass
 
 
 def _take_over_lost_attempt(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from jobs import runs
@@ -52,6 +52,29 @@ def test_it_starts_a_queued_run_in_one_statement_on_postgresql(django_assert_num
         assert run.lateness_ms == int((now - queued.scheduled_for).total_seconds() * 1000)
         assert run.enqueued_at == queued.enqueued_at
         assert run.kwargs == {"seconds": 0} and run.scheduled_for == queued.scheduled_for
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_start_commits_on_its_own_and_a_failed_one_leaves_the_connection_usable():
+    """Outside a transaction (a worker), the start is its own transaction, committed without a flush."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement start is PostgreSQL's; SQLite takes the general path")
+    queued = run_in(RunStatus.QUEUED)
+    broken = run_in(RunStatus.QUEUED)
+    assert not connection.in_atomic_block
+
+    started = runs.start_run(str(queued.pk), job=queued.job, attempt=1, worker=WORKER)
+    assert isinstance(started, JobRun) and started.status == RunStatus.RUNNING
+    assert not connection.in_atomic_block
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")  # not inside a transaction the start left open
+        assert cursor.fetchone() == (1,)
+
+    # An attempt number past the column's range fails inside the UPDATE.
+    with pytest.raises(DatabaseError):
+        runs.start_run(str(broken.pk), job=broken.job, attempt=100_000, worker=WORKER)
+    assert JobRun.objects.get(pk=broken.pk).status == RunStatus.QUEUED  # usable, and nothing written
+    assert JobRun.objects.get(pk=queued.pk).status == RunStatus.RUNNING
 
 
 def test_it_starts_a_retrying_run_as_the_next_attempt_and_fills_a_missing_enqueue_time():

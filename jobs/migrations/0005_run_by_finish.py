@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_celery_beat', '0019_alter_periodictasks_options'),
-        ('jobs', '0004_workerpresence'),
+        ("django_celery_beat", "0019_alter_periodictasks_options"),
+        ("jobs", "0004_workerpresence"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='jobrun',
-            index=models.Index(fields=['finished_at'], name='run_by_finish'),
+            model_name="jobrun",
+            index=models.Index(fields=["finished_at"], name="run_by_finish"),
         ),
     ]

@@ -4,40 +4,60 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('scheduler', '0004_delete_workerpresence'),
+        ("scheduler", "0004_delete_workerpresence"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='expected_duration',
-            field=models.PositiveIntegerField(blank=True, help_text='Seconds: a run still running after this is overrunning (alerted before the hard limit kills it). Empty: only the time limits judge duration.', null=True),
+            model_name="schedulepolicy",
+            name="expected_duration",
+            field=models.PositiveIntegerField(
+                blank=True,
+                help_text="Seconds: a run still running after this is overrunning (alerted before the hard limit kills it). Empty: only the time limits judge duration.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='failures_before_alert',
-            field=models.PositiveSmallIntegerField(default=1, help_text='Consecutive failed runs (after their last retry) before an incident opens (Sentry Crons: failure_issue_threshold).'),
+            model_name="schedulepolicy",
+            name="failures_before_alert",
+            field=models.PositiveSmallIntegerField(
+                default=1,
+                help_text="Consecutive failed runs (after their last retry) before an incident opens (Sentry Crons: failure_issue_threshold).",
+            ),
         ),
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='grace',
-            field=models.PositiveIntegerField(default=60, help_text='Seconds after its slot a run may start before the slot counts as missed and pages (Sentry Crons: the check-in margin, in whole minutes).'),
+            model_name="schedulepolicy",
+            name="grace",
+            field=models.PositiveIntegerField(
+                default=60,
+                help_text="Seconds after its slot a run may start before the slot counts as missed and pages (Sentry Crons: the check-in margin, in whole minutes).",
+            ),
         ),
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='late_after',
-            field=models.PositiveIntegerField(blank=True, help_text='Seconds: a run that starts later than this after its slot is late (a warning, not a page). Empty: never judged late.', null=True),
+            model_name="schedulepolicy",
+            name="late_after",
+            field=models.PositiveIntegerField(
+                blank=True,
+                help_text="Seconds: a run that starts later than this after its slot is late (a warning, not a page). Empty: never judged late.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='remind_every',
-            field=models.PositiveIntegerField(blank=True, help_text='Seconds between reminders while an incident stays open; 0: never remind; empty: ALERT_REMINDER_SECONDS.', null=True),
+            model_name="schedulepolicy",
+            name="remind_every",
+            field=models.PositiveIntegerField(
+                blank=True,
+                help_text="Seconds between reminders while an incident stays open; 0: never remind; empty: ALERT_REMINDER_SECONDS.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='successes_before_recovery',
-            field=models.PositiveSmallIntegerField(default=1, help_text='Consecutive successful runs that resolve an open incident (Sentry Crons: recovery_threshold).'),
+            model_name="schedulepolicy",
+            name="successes_before_recovery",
+            field=models.PositiveSmallIntegerField(
+                default=1,
+                help_text="Consecutive successful runs that resolve an open incident (Sentry Crons: recovery_threshold).",
+            ),
         ),
     ]
