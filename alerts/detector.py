@@ -156,7 +156,8 @@ def thresholds_for(schedule_ids: Iterable[int]) -> dict[int, Thresholds]:
     found: dict[int, Thresholds] = {}
     for chunk in chunks(list(set(schedule_ids))):
         for row in SchedulePolicy.objects.filter(task_id__in=chunk).values("task_id", *THRESHOLD_FIELDS):
-            found[row.pop("task_id")] = Thresholds(**row)
+            schedule_id = row.pop("task_id")
+            found[schedule_id] = Thresholds(**row)
     return found
 
 
@@ -635,7 +636,11 @@ class Cycle:
     def pause(self, schedule_id: int) -> None:
         incident = self.open.pop(schedule_id, None)
         if incident is not None and incidents.resolve(
-            incident, now=self.now, resolution="schedule disabled (paused)", health=Health.PAUSED
+            incident,
+            now=self.now,
+            resolution="schedule disabled (paused)",
+            quietly=True,
+            health=Health.PAUSED,
         ):
             self.report.resolved += 1
         incidents.set_health(schedule_id, Health.PAUSED, now=self.now, reason="schedule disabled")
@@ -715,7 +720,7 @@ class Cycle:
         if streak < limits.successes_before_recovery:
             return
         opened_by = parse_datetime(incident.details.get("slot") or "")
-        if opened_by is not None and latest["scheduled_for"] <= opened_by:
+        if opened_by is not None and latest["scheduled_for"] < opened_by:
             return  # an older slot's success: the incident's own slot has not recovered
         runs = "run" if streak == 1 else f"{streak} consecutive runs"
         if incidents.resolve(
