@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 
 from alerts.models import Flip, Health, Incident, NotificationEvent, ScheduleHealth
 
@@ -147,7 +148,8 @@ def add_condition(incident: Incident, condition: dict[str, Any], *, now: datetim
     }
     won = (
         Incident.objects.filter(pk=incident.pk, resolved_at__isnull=True)
-        .exclude(details__last_condition=key)
+        # A missing key compares as NULL: spelled out, or NOT would drop the row.
+        .filter(Q(details__last_condition__isnull=True) | ~Q(details__last_condition=key))
         .update(details=new_details)
     )
     if won:
