@@ -25,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
-APP_SERVICES = ("web", "worker", "beat", "flower")
+APP_SERVICES = ("web", "worker", "beat", "alertd", "flower")
 
 
 def load_compose() -> dict:
@@ -88,7 +88,7 @@ def healthcheck_argv() -> list[str]:
 
 
 def test_it_defines_every_service(services):
-    assert {"web", "worker", "beat", "redis", "postgres", "flower"} <= set(services)
+    assert {"web", "worker", "beat", "alertd", "redis", "postgres", "flower"} <= set(services)
 
 
 def test_it_migrates_only_in_web(services):
@@ -105,7 +105,7 @@ def test_it_gates_every_dependency_on_health(services):
     for name, service in services.items():
         for dependency, rule in service.get("depends_on", {}).items():
             assert rule["condition"] == "service_healthy", (name, dependency)
-    for name in ("worker", "beat"):
+    for name in ("worker", "beat", "alertd"):
         assert "web" in services[name]["depends_on"], name
 
 

@@ -114,7 +114,7 @@ def test_it_gives_up_on_the_fifth_crash_of_one_child_within_a_minute(supervisor,
 
 
 def children_by_role(pid: int) -> dict[str, int]:
-    """The platform's direct children, by what they run: web, worker, beat, redis."""
+    """The platform's direct children, by what they run: web, worker, beat, alertd, redis."""
     roles = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -123,7 +123,12 @@ def children_by_role(pid: int) -> dict[str, int]:
             args = (stat.parent / "cmdline").read_bytes().decode().split("\0")
         except (OSError, ValueError, IndexError):
             continue
-        for role, marker in (("web", "gunicorn"), ("worker", "worker"), ("beat", "beat")):
+        for role, marker in (
+            ("web", "gunicorn"),
+            ("worker", "worker"),
+            ("beat", "beat"),
+            ("alertd", "alertd"),
+        ):
             if marker in args:
                 roles[role] = int(stat.parent.name)
         if "redis-server" in args[0]:  # it rewrites its title: "redis-server 127.0.0.1:PORT"
@@ -192,7 +197,7 @@ def platform(tmp_path) -> Iterator[Platform]:
     platform = Platform(tmp_path)
     try:
         platform.wait_until(lambda: platform.healthz() == 200, 240, "/healthz answering 200")
-        for role in ("web", "worker", "beat", "redis"):
+        for role in ("web", "worker", "beat", "alertd", "redis"):
             platform.wait_for_child(role)
         yield platform
     finally:

@@ -1,9 +1,9 @@
-"""Run the whole platform in the foreground: web, a prefork worker and beat.
+"""Run the whole platform in the foreground: web, a prefork worker, beat and alertd.
 
 What it does, in order: starts an embedded Redis when ``REDIS_URL`` is unset,
 migrates, publishes the job catalog, creates the admin user (printing a
-generated password once) and the default schedules, then starts the three
-processes and prefixes their output.
+generated password once) and the default schedules, then starts the four
+processes (alertd: the alert detector) and prefixes their output.
 
 It supervises them like a process manager (:class:`Supervisor`): a child that
 exits is logged at ERROR with its exit code and started again after a backoff
@@ -161,7 +161,7 @@ class Supervisor:
 
 
 class Command(BaseCommand):
-    help = "Run web, worker and beat (and an embedded Redis when REDIS_URL is unset)."
+    help = "Run web, worker, beat and alertd (and an embedded Redis when REDIS_URL is unset)."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=settings.RUN_HOST)
@@ -241,6 +241,9 @@ class Command(BaseCommand):
                 "worker@%h",
             ],
             "beat": [python, "-m", "celery", "-A", "scheduler", "beat", "--loglevel", "INFO"],
+            # The alert detector and notification sender (the alerts app), run as a
+            # command: scheduler never imports alerts.
+            "alertd": [python, str(settings.BASE_DIR / "manage.py"), "alertd"],
         }
         for name, command in commands.items():
             self.supervisor.add(name, functools.partial(self.spawn, name, command))
@@ -269,7 +272,7 @@ class Command(BaseCommand):
         return 0
 
     def stop_all(self) -> None:
-        # Web, worker and beat first (the worker acks in-flight messages on a
+        # Web, worker, beat and alertd first (the worker acks in-flight messages on a
         # warm shutdown), then the Redis they talk to.
         children = self.supervisor.processes()
         services = [(n, p) for n, p in children if n != "redis"]
