@@ -227,6 +227,12 @@ class Channel(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.kind})"
 
+    def clean(self) -> None:
+        """The target and secret suit the kind (the admin form runs the same check)."""
+        from alerts.channels import validate_channel  # alerts.channels imports this module
+
+        validate_channel(self.kind, self.target, self.secret)
+
 
 class NotificationEvent(models.TextChoices):
     TRIGGER = "trigger"
