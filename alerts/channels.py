@@ -75,6 +75,9 @@ SLACK_SECTION_LIMIT = 3000
 # The text's link lines ("Run: https://..."): Slack shows them as buttons instead.
 LINK_LINE = re.compile(r"^(Run|Schedule|Incident): https?://")
 
+# The payload's links in the order people want them (a jsonb column does not keep key order).
+LINK_ORDER = ("run", "schedule", "incident")
+
 _http_url = URLValidator(schemes=["http", "https"])
 
 
@@ -172,9 +175,10 @@ def verify_webhook_signature(
     tolerance: int = SIGNATURE_TOLERANCE_SECONDS,
 ) -> bool:
     """What a receiver does: the signature matches and the timestamp is recent (not a replay)."""
+    by_name = {name.lower(): value for name, value in headers.items()}  # header names ignore case
     try:
-        timestamp = int(headers[TIMESTAMP_HEADER])
-        signature = headers[SIGNATURE_HEADER]
+        timestamp = int(by_name[TIMESTAMP_HEADER.lower()])
+        signature = by_name[SIGNATURE_HEADER.lower()]
     except (KeyError, ValueError):
         return False
     if abs((time.time() if now is None else now) - timestamp) > tolerance:
@@ -202,6 +206,11 @@ def post_json(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, byte
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DeliveryError(f"cannot reach {url}: {reason}") from exc
+
+
+def ordered_links(payload: dict[str, Any]) -> list[tuple[str, str]]:
+    links = payload.get("links") or {}
+    return [(name, links[name]) for name in LINK_ORDER if links.get(name)]
 
 
 def _dumps(document: Any) -> bytes:
@@ -240,8 +249,7 @@ def slack_message(payload: dict[str, Any]) -> dict[str, Any]:
     ]
     buttons = [
         {"type": "button", "text": {"type": "plain_text", "text": f"Open {name}"}, "url": url}
-        for name, url in payload.get("links", {}).items()
-        if url
+        for name, url in ordered_links(payload)
     ]
     if buttons:
         blocks.append({"type": "actions", "elements": buttons})
@@ -285,7 +293,7 @@ def pagerduty_event(channel: ChannelLike, event: str, payload: dict[str, Any]) -
             "custom_details": {"text": payload["text"], **(payload.get("details") or {})},
         }
         document["links"] = [
-            {"href": url, "text": f"{name} in the admin"} for name, url in payload["links"].items() if url
+            {"href": url, "text": f"{name} in the admin"} for name, url in ordered_links(payload)
         ]
     return document
 

@@ -41,7 +41,7 @@ from aiosmtpd.controller import Controller
 @dataclass
 class Received:
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     body: bytes
     at: float
     answered: int = 0
@@ -68,7 +68,10 @@ class HttpReceiver:
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                item = Received(self.path, dict(self.headers.items()), body, time.monotonic())
+                headers = {
+                    name.lower(): value for name, value in self.headers.items()
+                }  # names are case-insensitive
+                item = Received(self.path, headers, body, time.monotonic())
                 if outer.delay:
                     time.sleep(outer.delay)
                 with outer.lock:
@@ -138,8 +141,8 @@ class WebhookReceiver(HttpReceiver):
 
     def verify(self, headers: dict[str, str], body: bytes, secret: str | None = None) -> bool:
         """The documented check: HMAC-SHA256(secret, "<timestamp>." + raw body), a recent timestamp."""
-        timestamp = headers.get("X-Beatplatform-Timestamp", "")
-        signature = headers.get("X-Signature-SHA256", "")
+        timestamp = headers.get("x-beatplatform-timestamp", "")
+        signature = headers.get("x-signature-sha256", "")
         if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > 300:
             return False
         key = (secret if secret is not None else self.secret).encode()
@@ -247,3 +250,33 @@ class SmtpReceiver:
             time.sleep(0.02)
         assert len(self.messages) >= count, f"{len(self.messages)} emails, expected {count}"
         return list(self.messages)
+
+
+def failed_incident(schedule: Any, *, opened_at: Any, **fields: Any) -> Any:
+    """An open incident of ``schedule`` as the detector records a failed run (``alerts.detector``)."""
+    from alerts.models import Incident
+
+    details = {
+        "error_type": "builtins.ValueError",
+        "error_message": "the upstream export is empty",
+        "slot": "2026-11-30T02:00:00+00:00",
+        "timezone": "Europe/Paris",
+        "failures": 3,
+        "last_good_run_at": "2026-11-29T02:00:04+00:00",
+        "last_good_run_id": "4f7d8a39-0000-4000-8000-000000000001",
+        **fields.pop("details", {}),
+    }
+    values = {
+        "scope": f"schedule:{schedule.pk}",
+        "kind": "failed",
+        "schedule": schedule,
+        "schedule_name": schedule.name,
+        "job": schedule.task,
+        "queue": "default",
+        "summary": f"{schedule.name}: failed after its last retry (ValueError)",
+        "opened_at": opened_at,
+        "alerted_at": opened_at,
+        "details": details,
+        **fields,
+    }
+    return Incident.objects.create(**values)
