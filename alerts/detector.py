@@ -314,6 +314,7 @@ class Cycle:
         self.thresholds: dict[int, Thresholds] = {}
         self.health: dict[int, tuple[str, datetime]] = {}
         self.open: dict[int, Incident] = {}
+        self.missed_in_window: list[dict[str, Any]] = []
 
     def run(self) -> None:
         self.load_system_incidents()
@@ -604,17 +605,23 @@ class Cycle:
             )
             .filter(interesting)
             .order_by()
-            .values_list("schedule_id", "status", "lateness_ms")
+            .values(*RUN_FIELDS)
         )
         self.report.runs_examined += len(rows)
         unhealthy_ids = set(unhealthy)
         ids = {
-            pk for pk, status, _ in rows if pk is not None and (status in BAD_KINDS or pk in unhealthy_ids)
+            run["schedule_id"]
+            for run in rows
+            if run["status"] in BAD_KINDS or run["schedule_id"] in unhealthy_ids
         }
-        maybe_late = {pk for pk, _, lateness in rows if pk is not None and pk not in ids and lateness}
+        self.missed_in_window = [run for run in rows if run["status"] == RunStatus.MISSED]
+        maybe_late = {
+            run["schedule_id"] for run in rows if run["schedule_id"] not in ids and run["lateness_ms"]
+        }
         if maybe_late:
             limits = thresholds_for(maybe_late)
-            for pk, _, lateness in rows:
+            for run in rows:
+                pk, lateness = run["schedule_id"], run["lateness_ms"]
                 late_after = limits.get(pk, DEFAULT_THRESHOLDS).late_after if pk in maybe_late else None
                 if late_after is not None and lateness > late_after * 1000:
                     ids.add(pk)
@@ -651,6 +658,9 @@ class Cycle:
         if not ids:
             return
         self.load_schedules(ids)
+        missed_by_schedule: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for run in sorted(self.missed_in_window, key=lambda run: run["scheduled_for"]):
+            missed_by_schedule[run["schedule_id"]].append(run)
         for schedule_id in sorted(ids):
             info = self.info.get(schedule_id)
             if info is None:
@@ -667,11 +677,39 @@ class Cycle:
                     self.health[schedule_id] = (Health.UP, self.now)
                 for event in sorted(events.get(schedule_id, []), key=lambda e: e.at):
                     self.on_bad(schedule_id, event)
+                for run in missed_by_schedule.get(schedule_id, []):
+                    self.group_missed_slot(schedule_id, run)
                 if schedule_id in ended:
                     self.judge_ended(schedule_id)
             except Exception:  # noqa: BLE001 (one schedule's trouble never stops the cycle)
                 self.report.errors += 1
                 logger.exception("alert detector: schedule %s not judged", schedule_id)
+
+    def group_missed_slot(self, schedule_id: int, run: dict[str, Any]) -> None:
+        """Record a slot missed inside a beat outage under the beat incident, even if a later run succeeded.
+
+        Beat's catch-up records the outage's slots missed and runs the newest
+        at once; judged by its latest run only, the schedule would look as if
+        nothing happened, and the beat incident could not say how many
+        schedules it stalled. The grouped incident is quiet and resolves
+        (quietly) as soon as the schedule has a successful run after it.
+        Once the schedule's health changed after the slot was recorded, it
+        was judged already (a re-read of the window's overlap).
+        """
+        event = Event(
+            kind=IncidentKind.MISSED,
+            at=run["finished_at"] or self.now,
+            key=f"missed:{run['id']}",
+            run=run,
+            details={"error_message": (run["error_message"] or "")[:1000]},
+        )
+        cause = self.cause_for(event)
+        if cause is None or cause.scope != BEAT_SCOPE:
+            return  # judged by its latest run, like any other ending
+        since = self.health.get(schedule_id, (Health.UP, NEVER))[1]
+        if schedule_id not in self.open and event.at <= since:
+            return
+        self.on_bad(schedule_id, event)
 
     def pause(self, schedule_id: int) -> None:
         incident = self.open.pop(schedule_id, None)
@@ -878,13 +916,16 @@ class Cycle:
 
     def describe(self, event: Event, limits: Thresholds) -> str:
         details, slot = event.details, f"{event.run['scheduled_for']:%Y-%m-%d %H:%M:%S}Z"
-        error = f"{details.get('error_type') or 'error'}: {details.get('error_message') or ''}".strip()
+        error = ": ".join(
+            str(part) for part in (details.get("error_type"), details.get("error_message")) if part
+        )
+        error = f": {error}" if error else ""
         failures = f" ({event.failures} in a row)" if event.failures > 1 else ""
         descriptions: dict[str, str] = {
             IncidentKind.MISSED: f"missed: no run started by its slot {slot} + {limits.grace} s grace",
             IncidentKind.LATE: f"late: the run of {slot} started {details.get('late_by_s')} s after its "
             f"slot (threshold {limits.late_after} s)",
-            IncidentKind.FAILED: f"failed after its last retry{failures}: {error}"[:400],
+            IncidentKind.FAILED: f"failed after its last retry{failures}{error}"[:400],
             IncidentKind.TIMED_OUT: f"timed out ({details.get('timeout')} limit){failures}",
             IncidentKind.LOST: f"lost: its worker died under the run of {slot}{failures}",
             IncidentKind.OVERRUN: f"overrun: running for {details.get('running_for_s')} s, expected "
