@@ -52,7 +52,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, F, PositiveSmallIntegerField, Q, Value, When
 
 from alerts.channels import DeliveryError, send, timeout
 from alerts.messages import render, render_test
@@ -319,5 +319,9 @@ def retry_now(ids: list[int], now: datetime | None = None) -> int:
     return Notification.objects.filter(pk__in=ids, status__in=(PENDING, FAILED)).update(
         status=PENDING,
         next_attempt_at=now,
-        attempts=Case(When(status=FAILED, then=Value(0)), default=F("attempts")),
+        attempts=Case(
+            When(status=FAILED, then=Value(0)),
+            default=F("attempts"),
+            output_field=PositiveSmallIntegerField(),
+        ),
     )
