@@ -57,6 +57,13 @@ runs): a cycle never walks the schedules. What it reads:
 6. open incidents (the ``incident_reminders_due`` partial index; few), the
    lease row, the active mutes (``maintenance_by_end``).
 
+Measured (2026-11-30, this machine, PostgreSQL 16): 100,000 schedules,
+1,000,000 runs ending at ~1,700 a second, 3,000 running and 5,000 queued: a
+steady cycle runs 18-55 statements and spends 38-58 ms in the database;
+the same cycle at 20 or 2,000 healthy schedules runs the same statements
+(``tests/test_alert_detector.py``). A fresh detector's first cycle reads
+``FIRST_LOOKBACK`` of history once: about 0.5 s.
+
 The cursor is kept by each detector process (several may run; each reads
 what changed since its own last cycle) and derived at start: the first
 cycle looks back ``FIRST_LOOKBACK``. Re-reading is harmless: every judgment
@@ -530,13 +537,16 @@ class Cycle:
             )
 
     def collect_running(self, events: dict[int, list[Event]]) -> None:
-        """Running runs past their expected duration (overrun) or started late."""
+        """Running runs past their expected duration (overrun) or started late.
+
+        The running runs (``run_by_status``; as many as the workers run at
+        once) without a join, then the policies of those that ran long enough
+        or started late enough to matter, by primary key: joining every
+        running run to its policy made PostgreSQL hash all 100,000 policies.
+        """
         rows = list(
             JobRun.objects.filter(status=RunStatus.RUNNING, schedule__isnull=False)
-            .filter(
-                Q(schedule__policy__expected_duration__isnull=False)
-                | Q(schedule__policy__late_after__isnull=False)
-            )
+            .order_by()
             .values(*RUN_FIELDS)
         )
         self.report.runs_examined += len(rows)
