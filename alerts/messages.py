@@ -29,7 +29,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.dateparse import parse_datetime
 
 from alerts.models import Incident, IncidentKind, NotificationEvent
@@ -38,8 +38,12 @@ from alerts.models import Incident, IncidentKind, NotificationEvent
 WARNING_KINDS = frozenset({IncidentKind.LATE, IncidentKind.OVERRUN})
 
 
-def admin_url(view: str, object_id: Any) -> str:
-    return settings.PUBLIC_URL + reverse(f"admin:{view}", args=[object_id])
+def admin_url(view: str, object_id: Any) -> str | None:
+    """The admin page's absolute address; None if the admin has no such page (never fails a page)."""
+    try:
+        return settings.PUBLIC_URL + reverse(f"admin:{view}", args=[object_id])
+    except NoReverseMatch:
+        return None
 
 
 def duration(seconds: float) -> str:
@@ -87,9 +91,11 @@ def what_happened(incident: Incident) -> list[str]:
     """The cause in words, from the details the detector recorded."""
     d = incident.details or {}
     lines = []
-    if d.get("error_type") or d.get("error_message"):
+    if d.get("error_type"):
         error = ": ".join(str(x) for x in (d.get("error_type"), d.get("error_message")) if x)
         lines.append(f"Error: {error}")
+    elif d.get("error_message"):
+        lines.append(f"Cause: {d['error_message']}")  # e.g. a missed run: not started, still queued
     if d.get("timeout"):
         lines.append(f"Limit hit: the {d['timeout']} time limit")
     if d.get("late_by_s") is not None:

@@ -169,6 +169,25 @@ def test_a_trigger_says_what_on_call_needs_at_3_am(schedule):
     json.dumps(message)  # stored as the notification's payload
 
 
+def test_a_missed_run_says_why_and_links_the_run(schedule):
+    details = {
+        "error_type": "",
+        "error_message": "not started 60 s after its slot; still queued in 'default'",
+    }
+    incident = failed_incident(
+        schedule,
+        opened_at=T0,
+        kind="missed",
+        details={**details, "run_id": "4f7d8a39-0000-4000-8000-00000000002a"},
+    )
+    message = render(incident, "trigger", now=T0)
+    assert "Cause: not started 60 s after its slot; still queued in 'default'" in message["text"]
+    assert "Error:" not in message["text"]
+    run_link = "http://127.0.0.1:8000/admin/jobs/jobrun/4f7d8a39-0000-4000-8000-00000000002a/change/"
+    assert message["links"]["run"] == run_link
+    assert f"Run: {run_link}" in message["text"]
+
+
 def test_late_overrun_and_timeout_messages_say_by_how_much_and_which_limit(schedule, settings):
     settings.PUBLIC_URL = "https://jobs.example.com"
     late = failed_incident(
