@@ -259,6 +259,13 @@ def test_a_late_start_is_a_warning_and_an_on_time_success_clears_it(clock):
     assert notifications("trigger") == notifications("resolve") == 1
 
 
+def test_a_late_run_seen_only_once_it_ended_is_late_too(clock):
+    schedule = make_schedule(late_after=5)
+    ended(schedule, RunStatus.SUCCEEDED, slot=clock.now - timedelta(seconds=12), late=9)
+    assert clock.cycle().opened == 1
+    assert (Incident.objects.get().kind, state(schedule)) == ("late", Health.LATE)
+
+
 def test_a_run_still_running_past_its_expected_duration_is_an_overrun(clock):
     schedule = make_schedule(expected_duration=30)
     JobRun.objects.create(
@@ -352,6 +359,17 @@ def test_a_muted_schedule_opens_quietly_and_pages_when_it_fails_again_after_the_
     assert report.escalated == 1
     assert notifications("trigger") == 1
     assert not Incident.objects.get().quiet
+
+
+def test_a_reminder_due_during_a_mute_waits_for_its_end(clock):
+    schedule = make_schedule(remind_every=60)
+    ended(schedule, RunStatus.FAILED, slot=clock.now - timedelta(seconds=3))
+    clock.cycle()
+    window = mute(everything=True, note="planned outage", ends_at=clock.now + timedelta(seconds=300))
+    assert clock.cycle(after=65).reminded == 0
+    assert Incident.objects.get().next_reminder_at == window.ends_at
+    assert clock.cycle(after=240).reminded == 1, "the mute is over"
+    assert notifications("remind") == 1
 
 
 def test_a_mute_of_a_job_or_everything_covers_its_schedules(clock):
