@@ -6,7 +6,8 @@
   leader's catch-up records missed are grouped under it (quiet), and its
   recovery message counts them; nothing is paged per schedule;
 - ``diagnostics.fail`` scheduled as an on-call drill: the worker fails it,
-  alertd opens a failed incident and delivers the page to a local webhook.
+  and of two alertd processes one opens the failed incident and the page
+  reaches a local webhook once.
 
 Times are short: ``ALERT_CHECK_INTERVAL`` 0.5 s, ``ALERT_BEAT_DOWN_AFTER`` 3 s,
 ``BEAT_LEASE_SECONDS`` 2.
@@ -206,7 +207,9 @@ def test_killing_the_only_beat_pages_one_beat_down_incident_not_one_per_schedule
 
 
 @pytest.mark.timeout(180)
-def test_a_diagnostics_fail_drill_pages_end_to_end(alert_env, logs_dir, worker, receiver, catalog):
+def test_a_diagnostics_fail_drill_pages_once_end_to_end_with_two_alertd(
+    alert_env, logs_dir, worker, receiver, catalog
+):
     every, _ = IntervalSchedule.objects.get_or_create(every=5, period=IntervalSchedule.SECONDS)
     drill = PeriodicTask.objects.create(
         name="on-call drill",
@@ -215,9 +218,10 @@ def test_a_diagnostics_fail_drill_pages_end_to_end(alert_env, logs_dir, worker, 
         kwargs=json.dumps({"message": "on-call drill: this failure is on purpose"}),
     )
     SchedulePolicy.objects.filter(task=drill).update(anchor=timezone.now() - timedelta(seconds=4))
-    alertd = start_alertd(alert_env, logs_dir, "alertd-drill")
+    # Two detectors: the drill still opens one incident and pages once.
+    alertds = [start_alertd(alert_env, logs_dir, f"alertd-drill-{i}") for i in range(2)]
     beat = start_beat(alert_env, logs_dir, "beat-drill")
-    services = [alertd, beat]
+    services = [*alertds, beat]
     try:
         failed = wait_until(
             lambda: (
