@@ -14,7 +14,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from alerts import delivery
@@ -287,3 +287,36 @@ def test_two_concurrent_deliverers_send_each_notification_once(receivers):
     assert set(received) == set(Notification.objects.values_list("pk", flat=True))
     assert set(received.values()) == {1}, "a notification was sent twice"
     assert set(Notification.objects.values_list("status", "attempts")) == {("sent", 1)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_transactions_queueing_the_same_event_at_once_insert_it_once():
+    """The unique constraint settles it: the second insert waits for the first, then does nothing."""
+    nightly = schedule()
+    Channel.objects.create(name="a", kind="slack", target="http://127.0.0.1:9/a", is_default=True)
+    Channel.objects.create(name="b", kind="slack", target="http://127.0.0.1:9/b", is_default=True)
+    incident = failed_incident(nightly, opened_at=T0)
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def queue() -> None:
+        try:
+            with transaction.atomic():
+                barrier.wait()
+                enqueue(incident, "trigger", now=T0)
+                time.sleep(0.2)  # hold the transaction open while the other one inserts
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=queue) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert Counter(Notification.objects.values_list("channel__name", "event")) == {
+        ("a", "trigger"): 1,
+        ("b", "trigger"): 1,
+    }
