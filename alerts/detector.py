@@ -20,7 +20,10 @@ An open incident takes further conditions of the same schedule without
 paging again; it resolves (with a recovery message) after
 ``successes_before_recovery`` consecutive successful runs (on-time ones for
 a *late* incident). A disabled schedule is *paused*: its open incident
-resolves quietly.
+resolves quietly. Pausing is seen through the change log (every ORM save
+and bulk edit) and, for schedules with an open incident, by a sweep of the
+open incidents (raw SQL edits too); a schedule enabled again is found by its
+paused health row.
 
 System conditions: **beat down** (scope ``beat``: no leader renewed the lease
 for ``ALERT_BEAT_DOWN_AFTER`` seconds) and **no worker** (scope
@@ -844,11 +847,14 @@ class Cycle:
         muted_until = self.mutes.until(schedule_id, job)
         incident = self.open.get(schedule_id)
         if incident is not None:
+            counts: dict[str, Any] = {}
+            if event.kind in THRESHOLDED or event.kind == IncidentKind.MISSED:
+                counts["failures"] = max(event.failures, int(incident.details.get("failures", 0)) + 1)
             if incidents.add_condition(
                 incident,
                 {"key": event.key, "kind": event.kind, "run": str(event.run["id"])},
                 now=self.now,
-                failures=max(event.failures, int(incident.details.get("failures", 0)) + 1),
+                **counts,
             ):
                 self.report.conditions_added += 1
                 if incident.quiet and muted_until is None and self.cause_for(event) is None:
