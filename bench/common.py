@@ -28,6 +28,7 @@ REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 REDIS_DB = 9
 TAKEOVER_REDIS_DB = 10  # the takeover run's broker database, apart from the main bench's
+ALERTING_REDIS_DB = 14  # bench/alerting_latency.py's broker database
 BURST_QUEUE = "bench_burst"
 IDLE_QUEUE = "bench_idle"
 LATENESS_QUEUE = "bench_lateness"
@@ -112,7 +113,7 @@ def redis_client(db: int = REDIS_DB):
 
 def flush_bench_redis(db: int = REDIS_DB) -> None:
     """FLUSHDB on one of the bench's own Redis database numbers only."""
-    assert db in (REDIS_DB, TAKEOVER_REDIS_DB)
+    assert db in (REDIS_DB, TAKEOVER_REDIS_DB, ALERTING_REDIS_DB)
     client = redis_client(db)
     assert client.connection_pool.connection_kwargs["db"] == db
     client.flushdb()
