@@ -87,7 +87,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -325,6 +325,8 @@ class Cycle:
         self.health: dict[int, tuple[str, datetime]] = {}
         self.open: dict[int, Incident] = {}
         self.missed_in_window: list[dict[str, Any]] = []
+        # Schedule incidents grouped under a system incident, opened together (open_grouped).
+        self.grouped: dict[int, NewIncident] = {}
 
     def run(self) -> None:
         self.load_system_incidents()
@@ -674,15 +676,20 @@ class Cycle:
         missed_by_schedule: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for run in sorted(self.missed_in_window, key=lambda run: run["scheduled_for"]):
             missed_by_schedule[run["schedule_id"]].append(run)
+        # Two passes: what went wrong (grouped incidents are opened together
+        # after the first), then each schedule's latest endings, which may
+        # resolve what the first pass opened (a catch-up's newest slot ran).
+        active = []
         for schedule_id in sorted(ids):
             info = self.info.get(schedule_id)
             if info is None:
                 continue  # deleted: its open incident is resolved by sweep_paused_and_deleted
             self.report.schedules_judged += 1
-            try:
+            with self.isolated(schedule_id):
                 if not info["enabled"]:
                     self.pause(schedule_id)
                     continue
+                active.append(schedule_id)
                 if self.health.get(schedule_id, (Health.UP,))[0] == Health.PAUSED:
                     incidents.set_health(
                         schedule_id, Health.UP, now=self.now, reason="schedule enabled again"
@@ -692,11 +699,46 @@ class Cycle:
                     self.on_bad(schedule_id, event)
                 for run in missed_by_schedule.get(schedule_id, []):
                     self.group_missed_slot(schedule_id, run)
-                if schedule_id in ended:
+        self.open_grouped()
+        for schedule_id in active:
+            if schedule_id in ended:
+                with self.isolated(schedule_id):
                     self.judge_ended(schedule_id)
-            except Exception:  # noqa: BLE001 (one schedule's trouble never stops the cycle)
-                self.report.errors += 1
-                logger.exception("alert detector: schedule %s not judged", schedule_id)
+
+    @contextmanager
+    def isolated(self, schedule_id: int) -> Iterator[None]:
+        """One schedule's trouble (a bug, a row deleted under us) never stops the cycle."""
+        try:
+            yield
+        except (OperationalError, InterfaceError):
+            raise  # the database is gone: the whole cycle is retried
+        except Exception:  # noqa: BLE001
+            self.report.errors += 1
+            logger.exception("alert detector: schedule %s not judged", schedule_id)
+
+    def open_grouped(self) -> None:
+        """Open the quiet incidents this cycle grouped under a system incident, in a few statements."""
+        if not self.grouped:
+            return
+        batch = list(self.grouped.values())
+        self.grouped = {}
+        opened = incidents.open_quiet_incidents(batch, now=self.now)
+        for incident in opened:
+            if incident.schedule_id is not None:
+                self.open[incident.schedule_id] = incident
+                self.health[incident.schedule_id] = (Health.DOWN, self.now)
+        self.report.opened += len(opened)
+        mine = {incident.scope for incident in opened}
+        others = [new.scope for new in batch if new.scope not in mine]
+        for chunk in chunks(others):  # opened first by another detector
+            for incident in Incident.objects.filter(scope__in=chunk, resolved_at__isnull=True):
+                if incident.schedule_id is not None:
+                    self.open[incident.schedule_id] = incident
+        if opened:
+            causes = sorted({str(i.cause_id) for i in opened})
+            logger.warning(
+                "%d quiet schedule incidents opened under incident %s", len(opened), ", ".join(causes)
+            )
 
     def group_missed_slot(self, schedule_id: int, run: dict[str, Any]) -> None:
         """Record a slot missed inside a beat outage under the beat incident, even if a later run succeeded.
@@ -870,13 +912,24 @@ class Cycle:
                 if incidents.set_health(schedule_id, Health.DOWN, now=self.now, reason=event.kind):
                     self.health[schedule_id] = (Health.DOWN, self.now)
             return
+        pending = self.grouped.get(schedule_id)
+        if pending is not None:  # opened with the others of its outage at the end of the pass
+            conditions = pending.details["conditions"]
+            if all(c["key"] != event.key for c in conditions) and len(conditions) < incidents.CONDITIONS_KEPT:
+                conditions.append({"key": event.key, "kind": event.kind, "run": str(event.run["id"])})
+                pending.details["conditions_seen"] = len(conditions)
+            return
         if event.kind in THRESHOLDED and event.failures < limits.failures_before_alert:
             return
         cause = self.cause_for(event)
-        new = self.new_incident(schedule_id, event, info, limits)
+        new = self.new_incident(schedule_id, event, info, limits, last_good=cause is None)
         new.cause_id = cause.pk if cause is not None else None
-        new.quiet = cause is not None or muted_until is not None
-        if cause is None and muted_until is not None:
+        if cause is not None:
+            new.quiet = True
+            self.grouped[schedule_id] = new
+            return
+        new.quiet = muted_until is not None
+        if muted_until is not None:
             new.details["muted_until"] = muted_until.isoformat()
         opened = incidents.open_incident(new, now=self.now)
         if opened is None:  # another detector opened it first: add to theirs
@@ -894,15 +947,24 @@ class Cycle:
         )
 
     def new_incident(
-        self, schedule_id: int, event: Event, info: dict[str, Any], limits: Thresholds
+        self,
+        schedule_id: int,
+        event: Event,
+        info: dict[str, Any],
+        limits: Thresholds,
+        *,
+        last_good: bool = True,
     ) -> NewIncident:
+        """The incident ``event`` opens; ``last_good``: look up the last good run (for the page)."""
         run = event.run
         name = info["name"]
-        last_good = (
+        good = (
             JobRun.objects.filter(schedule_id=schedule_id, status=RunStatus.SUCCEEDED)
             .order_by("-scheduled_for")
             .values("id", "finished_at")
             .first()
+            if last_good
+            else None
         )
         details: dict[str, Any] = {
             **event.details,
@@ -910,8 +972,8 @@ class Cycle:
             "timezone": str(info.get("crontab__timezone") or "UTC"),
             "run_id": str(run["id"]),
             "failures": event.failures,
-            "last_good_run_at": _iso(last_good["finished_at"]) if last_good else None,
-            "last_good_run_id": str(last_good["id"]) if last_good else None,
+            "last_good_run_at": _iso(good["finished_at"]) if good else None,
+            "last_good_run_id": str(good["id"]) if good else None,
             "conditions": [{"key": event.key, "kind": event.kind, "run": str(run["id"])}],
             "conditions_seen": 1,
             "last_condition": event.key,

@@ -24,7 +24,11 @@ This is the only module that writes ``Incident``, ``ScheduleHealth`` and
   first half of beat's recovery, see ``alerts.detector``);
 - ``resolve``: open -> resolved; pages the recovery when the incident was
   paged and the caller does not resolve it quietly;
-- ``set_health``: a schedule's health, old -> new, with its ``Flip``.
+- ``set_health``: a schedule's health, old -> new, with its ``Flip``;
+- ``open_quiet_incidents``, ``set_health_of_many``: the same for a batch
+  (thousands of schedules grouped under one outage), in a few statements:
+  the INSERT skips scopes already open, and the health rows are locked
+  (in schedule order, so two detectors cannot deadlock) while they flip.
 """
 
 from __future__ import annotations
@@ -304,3 +308,115 @@ def set_health(
                 )
                 return True
     return False
+
+
+def open_quiet_incidents(batch: list[NewIncident], *, now: datetime) -> list[Incident]:
+    """Open many quiet incidents (grouped under a cause: nothing pages); return those this call opened.
+
+    One INSERT … ON CONFLICT DO NOTHING per thousand: a scope another
+    detector opened first is skipped, as ``open_incident`` loses on the
+    constraint. The rows this call opened are the ones opened at ``now``
+    (another detector's ``now`` differs). Their schedules' health flips in
+    the same transaction (:func:`set_health_of_many`). If the batch cannot
+    be written (a schedule deleted meanwhile), each is opened on its own.
+    """
+    if not batch:
+        return []
+    try:
+        with transaction.atomic():
+            Incident.objects.bulk_create(
+                [
+                    Incident(
+                        scope=new.scope,
+                        kind=new.kind,
+                        schedule_id=new.schedule_id,
+                        schedule_name=new.schedule_name[:200],
+                        job=new.job[:200],
+                        queue=new.queue[:200],
+                        run_id=new.run_id,
+                        cause_id=new.cause_id,
+                        summary=new.summary[:500],
+                        details=new.details,
+                        quiet=True,
+                        opened_at=now,
+                    )
+                    for new in batch
+                ],
+                ignore_conflicts=True,
+                batch_size=1000,
+            )
+            mine: list[Incident] = []
+            for chunk in _chunks([new.scope for new in batch]):
+                mine += Incident.objects.filter(scope__in=chunk, resolved_at__isnull=True, opened_at=now)
+            wanted = {new.schedule_id: new for new in batch if new.schedule_id is not None}
+            set_health_of_many(
+                {
+                    incident.schedule_id: (wanted[incident.schedule_id].health, incident.summary, incident.pk)
+                    for incident in mine
+                    if incident.schedule_id in wanted
+                },
+                now=now,
+            )
+    except IntegrityError:
+        opened = [open_incident(_quiet(new), now=now) for new in batch]
+        return [incident for incident in opened if incident is not None]
+    return mine
+
+
+def _quiet(new: NewIncident) -> NewIncident:
+    new.quiet = True
+    return new
+
+
+def _chunks(items: list, size: int = 1000):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def set_health_of_many(changes: dict[int, tuple[str, str, int | None]], *, now: datetime) -> int:
+    """Flip many schedules' health: ``{schedule id: (new state, reason, incident id)}``; return the flips.
+
+    The rows are locked in schedule order (``SELECT … FOR UPDATE``) before
+    they are read, so what is read is what is changed and two detectors
+    flipping the same schedules queue behind each other instead of
+    deadlocking; a schedule already in its new state gets no flip.
+    """
+    if not changes:
+        return 0
+    flips: list[Flip] = []
+    with transaction.atomic():
+        ScheduleHealth.objects.bulk_create(
+            [
+                ScheduleHealth(schedule_id=pk, state=Health.UP, since=NEVER)
+                for pk, (state, _, _) in changes.items()
+                if state != Health.UP
+            ],
+            ignore_conflicts=True,
+            batch_size=1000,
+        )
+        moves: dict[tuple[str, str], list[int]] = {}
+        for chunk in _chunks(sorted(changes)):
+            for pk, old in (
+                ScheduleHealth.objects.select_for_update()
+                .filter(schedule_id__in=chunk)
+                .order_by("schedule_id")
+                .values_list("schedule_id", "state")
+            ):
+                new_state, reason, incident_id = changes[pk]
+                if old != new_state:
+                    moves.setdefault((old, new_state), []).append(pk)
+                    flips.append(
+                        Flip(
+                            schedule_id=pk,
+                            incident_id=incident_id,
+                            old_state=old,
+                            new_state=new_state,
+                            at=now,
+                            reason=reason[:500],
+                        )
+                    )
+        for (_, new_state), ids in moves.items():
+            for chunk in _chunks(ids):
+                ScheduleHealth.objects.filter(schedule_id__in=chunk).update(state=new_state, since=now)
+        Flip.objects.bulk_create(flips, batch_size=1000)
+    return len(flips)

@@ -510,6 +510,48 @@ def test_two_detectors_racing_open_one_incident_and_queue_one_notification():
     assert sum(r.opened for r in reports) == 20
 
 
+@pytest.mark.django_db(transaction=True)
+def test_two_detectors_grouping_one_outage_open_each_grouped_incident_once():
+    if connection.vendor != "postgresql":
+        pytest.skip("two writers at once: PostgreSQL (SQLite serialises them)")
+    publish_catalog(worker="tests")
+    Channel.objects.get_or_create(
+        name="on-call", defaults={"kind": "webhook", "target": "http://127.0.0.1:9/", "is_default": True}
+    )
+    now = timezone.now()
+    for i in range(200):
+        JobRun.objects.create(
+            schedule=make_schedule(f"stalled-{i}"),
+            job="heartbeat",
+            queue="heartbeat",
+            scheduled_for=now - timedelta(seconds=90),
+            status=RunStatus.QUEUED,
+        )
+    errors = []
+    barrier = threading.Barrier(2)
+
+    def detect(moment) -> None:
+        try:
+            barrier.wait()
+            Detector().run_cycle(moment)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=detect, args=(now + timedelta(milliseconds=i),)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    system = Incident.objects.get(kind="no_worker")
+    grouped = Incident.objects.filter(kind="missed")
+    assert grouped.count() == 200 and set(grouped.values_list("cause_id", flat=True)) == {system.pk}
+    assert Flip.objects.count() == 200
+    assert Notification.objects.count() == 1
+
+
 def test_a_cycle_costs_the_same_statements_for_20_or_2000_healthy_schedules(clock):
     def seed(count: int, prefix: str) -> None:
         every, _ = IntervalSchedule.objects.get_or_create(every=60, period=IntervalSchedule.SECONDS)

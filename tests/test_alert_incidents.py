@@ -139,6 +139,22 @@ def test_health_flips_only_on_a_change_and_a_healthy_schedule_has_no_row(schedul
     ]
 
 
+def test_quiet_incidents_open_in_a_batch_skipping_scopes_already_open(schedule):
+    every, _ = IntervalSchedule.objects.get_or_create(every=60, period=IntervalSchedule.SECONDS)
+    others = [PeriodicTask.objects.create(name=f"o{i}", task="heartbeat", interval=every) for i in range(3)]
+    now = timezone.now()
+    assert incidents.open_incident(new(schedule), now=now) is not None
+    batch = [new(s, quiet=True) for s in [schedule, *others]]
+    later = now + timedelta(seconds=1)
+    opened = incidents.open_quiet_incidents(batch, now=later)
+    assert sorted(i.schedule_id for i in opened) == sorted(s.pk for s in others)
+    assert all(i.quiet and i.alerted_at is None for i in opened)
+    assert incidents.open_quiet_incidents(batch, now=later + timedelta(seconds=1)) == []
+    assert Notification.objects.count() == 1, "only the first, paged one"
+    assert ScheduleHealth.objects.filter(state=Health.DOWN).count() == 4
+    assert Flip.objects.count() == 4
+
+
 @pytest.mark.django_db(transaction=True)
 def test_threads_opening_the_same_outage_get_one_incident_and_one_page():
     if connection.vendor != "postgresql":
