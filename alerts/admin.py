@@ -18,6 +18,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
+from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from alerts.delivery import deliver_now, enqueue_test, retry_now
@@ -234,12 +235,26 @@ class NotificationAdmin(ReadOnlyAdmin):
     list_filter = ("status", "event", "channel")
     list_select_related = ("incident", "channel")
     raw_id_fields = ("incident", "channel")
+    fields = (
+        ("event", "sequence"),
+        ("incident", "channel"),
+        ("status", "attempts"),
+        ("created_at", "next_attempt_at", "claimed_until", "sent_at"),
+        "last_error",
+        "message",
+        "payload",
+    )
+    readonly_fields = ("created_at", "message")
     show_full_result_count = False
     actions = ("retry_now",)
 
     @admin.display(description="last error")
     def error(self, notification: Notification) -> str:
         return short(notification.last_error)
+
+    @admin.display(description="message")
+    def message(self, notification: Notification) -> str:
+        return format_html("<pre>{}</pre>", (notification.payload or {}).get("text", ""))
 
     @admin.action(description="Retry now")
     def retry_now(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:

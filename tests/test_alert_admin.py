@@ -96,6 +96,7 @@ def test_a_good_channel_is_saved_and_its_secret_is_never_shown_nor_lost(client, 
     page = client.get(change).content.decode()
     assert SECRET not in page
     assert 'id="send-test-alert"' in page
+    assert 'id="channel-fields-by-kind"' in page
     # Saving with the secret left blank keeps it.
     response = client.post(change, channel_form(secret="", name="on-call team", jobs="diagnostics.fail"))
     assert response.status_code == 302
@@ -163,6 +164,8 @@ def test_retry_now_sends_a_failed_notification_again(client, receiver, schedule)
     notification = Notification.objects.get()
     assert (notification.status, notification.attempts, notification.last_error) == ("sent", 1, "")
     assert receiver.wait_for(1)[0].json["incident_id"] == incident.pk
+    page = client.get(f"/admin/alerts/notification/{notification.pk}/change/").content.decode()
+    assert "<pre>[FAILED] nightly-export: failed after its last retry (ValueError)" in page
 
 
 def test_an_incident_is_read_only_and_shows_its_flips_and_notifications(client, schedule):
