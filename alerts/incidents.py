@@ -25,7 +25,7 @@ This is the only module that writes ``Incident``, ``ScheduleHealth`` and
 - ``resolve``: open -> resolved; pages the recovery when the incident was
   paged and the caller does not resolve it quietly;
 - ``set_health``: a schedule's health, old -> new, with its ``Flip``;
-- ``open_quiet_incidents``, ``set_health_of_many``: the same for a batch
+- ``open_quiet_incidents``, ``resolve_quietly_many``, ``set_health_of_many``: the same for a batch
   (thousands of schedules grouped under one outage), in a few statements:
   the INSERT skips scopes already open, and the health rows are locked
   (in schedule order, so two detectors cannot deadlock) while they flip.
@@ -420,3 +420,45 @@ def set_health_of_many(changes: dict[int, tuple[str, str, int | None]], *, now: 
                 ScheduleHealth.objects.filter(schedule_id__in=chunk).update(state=new_state, since=now)
         Flip.objects.bulk_create(flips, batch_size=1000)
     return len(flips)
+
+
+def resolve_quietly_many(items: list[tuple[Incident, str]], *, now: datetime) -> list[Incident]:
+    """Resolve many quiet incidents (``(incident, resolution)``), health up; return those this call resolved.
+
+    For the schedules of an outage recovering together: nothing pages (they
+    were never paged). The incidents are locked in id order and only those
+    still open and quiet are resolved, so an incident another detector
+    resolved or escalated meanwhile is left to it.
+    """
+    if not items:
+        return []
+    wanted = {incident.pk: (incident, resolution) for incident, resolution in items}
+    resolved: list[Incident] = []
+    with transaction.atomic():
+        for chunk in _chunks(sorted(wanted)):
+            still = list(
+                Incident.objects.select_for_update()
+                .filter(pk__in=chunk, resolved_at__isnull=True, quiet=True)
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
+            by_text: dict[str, list[int]] = {}
+            for pk in still:
+                by_text.setdefault(wanted[pk][1][:500], []).append(pk)
+            for text, ids in by_text.items():
+                Incident.objects.filter(pk__in=ids).update(
+                    resolved_at=now, resolution=text, next_reminder_at=None
+                )
+            for pk in still:
+                incident, text = wanted[pk]
+                incident.resolved_at, incident.resolution, incident.next_reminder_at = now, text[:500], None
+                resolved.append(incident)
+        set_health_of_many(
+            {
+                incident.schedule_id: (Health.UP, incident.resolution, incident.pk)
+                for incident in resolved
+                if incident.schedule_id is not None
+            },
+            now=now,
+        )
+    return resolved
