@@ -155,6 +155,21 @@ def test_quiet_incidents_open_in_a_batch_skipping_scopes_already_open(schedule):
     assert Flip.objects.count() == 4
 
 
+def test_quiet_incidents_resolve_in_a_batch_but_not_one_escalated_meanwhile(schedule):
+    every, _ = IntervalSchedule.objects.get_or_create(every=60, period=IntervalSchedule.SECONDS)
+    others = [PeriodicTask.objects.create(name=f"o{i}", task="heartbeat", interval=every) for i in range(3)]
+    now = timezone.now()
+    opened = incidents.open_quiet_incidents([new(s, quiet=True) for s in others], now=now)
+    escalated = Incident.objects.get(pk=opened[0].pk)
+    assert incidents.escalate(escalated, now=now, remind_every=0, reason="failing again")
+    resolved = incidents.resolve_quietly_many([(i, "recovered") for i in opened], now=now)
+    assert sorted(i.pk for i in resolved) == sorted(i.pk for i in opened[1:])
+    assert Incident.objects.filter(resolved_at__isnull=True).get().pk == escalated.pk
+    assert incidents.resolve_quietly_many([(i, "recovered") for i in opened], now=now) == []
+    assert Notification.objects.filter(event="resolve").count() == 0
+    assert ScheduleHealth.objects.filter(state=Health.UP).count() == 2
+
+
 @pytest.mark.django_db(transaction=True)
 def test_threads_opening_the_same_outage_get_one_incident_and_one_page():
     if connection.vendor != "postgresql":
