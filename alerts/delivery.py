@@ -38,7 +38,7 @@ Every change of a notification's ``status`` is a guarded UPDATE in this
 module: pending -> sending (claim), sending -> sent | pending (retry) |
 failed (last attempt) | pending (released, its channel failed first),
 pending | failed -> pending due now (``retry_now``), pending -> failed
-(channel disabled).
+(channel disabled), sending with an expired claim and every try used -> failed.
 """
 
 from __future__ import annotations
@@ -215,7 +215,10 @@ def _mine(item: Claimed) -> Q:
 
 
 def _record(outcomes: list[Outcome], now: datetime) -> int:
-    """Write each outcome with a guarded UPDATE on the claim; the channel's last success or error."""
+    """Write each outcome with a guarded UPDATE on the claim; the channel's last success or error.
+
+    ``now`` is when the sends ended: a retry waits its backoff from then.
+    """
     sent = 0
     retry_at: dict[int, datetime] = {}
     for outcome in outcomes:
@@ -261,8 +264,12 @@ def _record(outcomes: list[Outcome], now: datetime) -> int:
     return sent
 
 
-def _deliver(rows: list[dict[str, Any]], now: datetime) -> list[Outcome]:
-    """Claim ``rows``, send them (a thread per channel), record the outcomes."""
+def _deliver(rows: list[dict[str, Any]], now: datetime, clock_given: bool) -> list[Outcome]:
+    """Claim ``rows``, send them (a thread per channel), record the outcomes.
+
+    Outcomes are dated when the sends end (a timeout takes seconds), or at
+    ``now`` when the caller gave the time (tests move it themselves).
+    """
     by_channel: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_channel[row["channel_id"]].append(row)
@@ -282,7 +289,7 @@ def _deliver(rows: list[dict[str, Any]], now: datetime) -> list[Outcome]:
         # Threads only send (no database): each channel waits on its own network.
         with ThreadPoolExecutor(max_workers=min(len(batches), MAX_PARALLEL_CHANNELS)) as pool:
             outcomes = [o for result in pool.map(lambda b: _send_batch(*b), batches) for o in result]
-    _record(outcomes, now)
+    _record(outcomes, now if clock_given else datetime.now(UTC))
     return outcomes
 
 
@@ -291,15 +298,24 @@ ROW_FIELDS = ("pk", "channel_id", "event", "payload", "attempts")
 
 def deliver_due(now: datetime | None = None, limit: int = 100) -> int:
     """Send up to ``limit`` due notifications (oldest due first); how many were sent."""
+    clock_given = now is not None
     now = now or datetime.now(UTC)
     disabled = Notification.objects.filter(status=PENDING, next_attempt_at__lte=now, channel__enabled=False)
     disabled.update(status=FAILED, last_error="not sent: its channel was disabled")
+    # sending, claim expired, every try used: its senders died each time (a message that kills them?).
+    Notification.objects.filter(
+        status=SENDING, next_attempt_at__lte=now, attempts__gte=max_attempts()
+    ).update(
+        status=FAILED,
+        claimed_until=None,
+        last_error="gave up: its sender never reported back from its last try",
+    )
     rows = list(
         Notification.objects.filter(_due(now), channel__enabled=True)
         .order_by("next_attempt_at")
         .values(*ROW_FIELDS)[:limit]
     )
-    return sum(1 for outcome in _deliver(rows, now) if outcome.error is None)
+    return sum(1 for outcome in _deliver(rows, now, clock_given) if outcome.error is None)
 
 
 def deliver_now(ids: list[int], now: datetime | None = None) -> dict[int, str | None]:
@@ -308,9 +324,10 @@ def deliver_now(ids: list[int], now: datetime | None = None) -> dict[int, str | 
     Only notifications that are due and not claimed by another process are
     sent; ``retry_now`` makes pending and failed ones due first.
     """
+    clock_given = now is not None
     now = now or datetime.now(UTC)
     rows = list(Notification.objects.filter(_due(now), pk__in=ids).values(*ROW_FIELDS))
-    return {outcome.claimed.pk: outcome.error for outcome in _deliver(rows, now)}
+    return {outcome.claimed.pk: outcome.error for outcome in _deliver(rows, now, clock_given)}
 
 
 def retry_now(ids: list[int], now: datetime | None = None) -> int:

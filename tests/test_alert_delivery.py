@@ -198,6 +198,23 @@ def test_a_sender_that_died_mid_send_is_replaced_once_its_claim_expires(receiver
     assert (notification.status, notification.last_error) == ("sent", "")
 
 
+def test_a_message_whose_sender_dies_on_every_try_still_gives_up(receivers, settings):
+    settings.ALERT_MAX_ATTEMPTS = 2
+    receiver = receivers()
+    hook("on-call", receiver)
+    enqueue(failed_incident(schedule(), opened_at=T0), "trigger", now=T0)
+    now = T0
+    for _ in range(2):  # claimed, then the sender dies before it reports: twice
+        row = Notification.objects.values(*delivery.ROW_FIELDS).get()
+        assert delivery._claim(row, now, now + timedelta(seconds=60)) is not None
+        now += timedelta(seconds=61)
+    assert deliver_due(now=now) == 0
+    notification = Notification.objects.get()
+    assert (notification.status, notification.attempts) == ("failed", 2)
+    assert "never reported back" in notification.last_error
+    assert receiver.requests == []
+
+
 def test_notifications_of_a_disabled_channel_are_not_sent(receivers):
     receiver = receivers()
     channel = hook("on-call", receiver)
