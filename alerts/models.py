@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from django.db import models
 from django.db.models import Q
+from django_celery_beat.models import PeriodicTask
 
 
 class Health(models.TextChoices):
@@ -288,3 +289,12 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} of incident {self.incident_id} to {self.channel_id} [{self.status}]"
+
+
+class SentryMonitor(PeriodicTask):
+    """A schedule as a Sentry Crons monitor: a proxy for its read-only admin page (``alerts.crons_admin``)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "Sentry Crons monitor"
+        verbose_name_plural = "Sentry Crons monitors"

@@ -29,6 +29,10 @@ Celery task that:
   ``failed`` / ``Terminated``, a run whose message was discarded before it
   started is ``skipped`` / ``Revoked`` (``missed`` when the message expired);
   a run that already ended keeps its record;
+- sends ``jobs.signals.run_started`` / ``run_ended`` after each transition it
+  won (start, every ending, a retry, a hard timeout, a revoke, a dead pool
+  process), for layers above ``jobs`` (Sentry Crons check-ins); nothing is
+  built or read when nobody listens;
 - sends failures and time limits to Sentry with tags ``job``, ``schedule``,
   ``run``, ``scheduled_for`` and ``timeout`` (``soft`` or ``hard``).
 """
@@ -58,6 +62,7 @@ from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
 from jobs import runs
+from jobs import signals as run_signals
 from jobs.catalog import describe_parameters
 from jobs.models import JobRun, RunStatus
 from settings.celery_app import app
@@ -105,6 +110,36 @@ def report_to_sentry(run: JobRun, exc: BaseException, *, timeout: str | None = N
             scope.fingerprint = ["time-limit", timeout, run.job]
         scope.set_context("run", {"attempt": run.attempt, "worker": run.worker})
         sentry_sdk.capture_exception(exc)
+
+
+def announce_ended(
+    run: JobRun, status: RunStatus, error: runs.RunError | None, *, will_retry: bool = False
+) -> None:
+    """Send ``jobs.signals.run_ended`` for a transition that won; nothing when nobody listens."""
+    if run_signals.has_receivers(run_signals.run_ended):
+        run_signals.send(run_signals.run_ended, run=run, status=status, will_retry=will_retry, error=error)
+
+
+def announce_ending(run_id: Any, recorded: RunStatus) -> None:
+    """``announce_ended`` for a transition that returned only the status it wrote (main process).
+
+    A pool process that died, a revoke: rare, and ``jobs.runs`` returns the
+    status, not the run, so the run is read back (one SELECT), only when
+    someone listens. The error is the one the transition stored.
+    """
+    if not run_signals.has_receivers(run_signals.run_ended):
+        return
+    run_uuid = runs.run_pk(run_id)
+    try:
+        run = JobRun.objects.filter(pk=run_uuid).first() if run_uuid else None
+    except DatabaseError:
+        logger.exception("run %s recorded %s; it could not be read back for its signal", run_id, recorded)
+        return
+    if run is None:
+        return
+    error = runs.RunError(type=run.error_type, message=run.error_message, traceback=run.traceback)
+    will_retry = recorded == RunStatus.RETRYING
+    announce_ended(run, recorded, error, will_retry=will_retry)
 
 
 class JobRequest(Request):
@@ -175,6 +210,7 @@ class JobRequest(Request):
             logger.warning(
                 "%s[%s]: its pool process died (%s); run recorded %s", self.name, self.id, exc, recorded
             )
+            announce_ending(self.id, recorded)
 
 
 class JobTask(Task):
@@ -213,12 +249,16 @@ class JobTask(Task):
             )
             raise Ignore()
         run = started
+        if run_signals.has_receivers(run_signals.run_started):
+            run_signals.send(run_signals.run_started, run=run)
         try:
             result = self.run(*args, **kwargs)
         except CONTROL_FLOW:
             raise
         except SoftTimeLimitExceeded as exc:
-            runs.finish_run(run, RunStatus.SOFT_TIMEOUT, error=runs.RunError.from_exception(exc))
+            error = runs.RunError.from_exception(exc)
+            if runs.finish_run(run, RunStatus.SOFT_TIMEOUT, error=error):
+                announce_ended(run, RunStatus.SOFT_TIMEOUT, error)
             report_to_sentry(run, exc, timeout="soft")
             raise
         except Exception as exc:
@@ -232,24 +272,26 @@ class JobTask(Task):
                     maximum=self.retry_backoff_max_seconds,
                     full_jitter=True,
                 )
-                runs.mark_retrying(run, error, timezone.now() + timedelta(seconds=countdown))
+                if runs.mark_retrying(run, error, timezone.now() + timedelta(seconds=countdown)):
+                    announce_ended(run, RunStatus.RETRYING, error, will_retry=True)
                 raise self.retry(exc=exc, countdown=countdown) from exc
-            runs.finish_run(run, RunStatus.FAILED, error=error)
+            if runs.finish_run(run, RunStatus.FAILED, error=error):
+                announce_ended(run, RunStatus.FAILED, error)
             report_to_sentry(run, exc)
             raise
-        runs.finish_run(run, RunStatus.SUCCEEDED, result=result)
+        if runs.finish_run(run, RunStatus.SUCCEEDED, result=result):
+            announce_ended(run, RunStatus.SUCCEEDED, None)
         return result
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         """Runs in the worker's main process for a hard time limit."""
         if isinstance(exc, TimeLimitExceeded):
+            error = runs.RunError.from_exception(exc)
             run = runs.record_from_main_process(
-                task_id,
-                RunStatus.HARD_TIMEOUT,
-                runs.RunError.from_exception(exc),
-                worker=self.request.hostname or "",
+                task_id, RunStatus.HARD_TIMEOUT, error, worker=self.request.hostname or ""
             )
             if run is not None:
+                announce_ended(run, RunStatus.HARD_TIMEOUT, error)
                 report_to_sentry(run, exc, timeout="hard")
 
 
@@ -356,6 +398,7 @@ def record_revoked_run(
     how = runs.revoke_cause(terminated_by=terminated_by, expired=bool(expired))
     if recorded is not None:
         logger.warning("%s[%s]: %s; run recorded %s", sender.name, request.id, how, recorded)
+        announce_ending(request.id, recorded)
     else:
         status = runs.current_status(request.id)
         found = f"its run was already {status}, record kept" if status else "no run recorded for it"
