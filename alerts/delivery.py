@@ -221,6 +221,8 @@ def _record(outcomes: list[Outcome], now: datetime) -> int:
     """
     sent = 0
     retry_at: dict[int, datetime] = {}
+    delivered: set[int] = set()  # channels with a success this round
+    errors: dict[int, str] = {}  # channels with a failure this round (after their successes)
     for outcome in outcomes:
         item = outcome.claimed
         if outcome.error is None:
@@ -228,9 +230,7 @@ def _record(outcomes: list[Outcome], now: datetime) -> int:
                 status=SENT, sent_at=now, claimed_until=None, last_error=""
             )
             sent += won
-            Channel.objects.filter(pk=item.channel_id).update(
-                last_sent_at=now, last_error="", last_error_at=None
-            )
+            delivered.add(item.channel_id)
         elif outcome.error.startswith("skipped:"):
             # Never tried: its try is given back; it waits as long as its channel's failed one.
             Notification.objects.filter(_mine(item)).update(
@@ -249,9 +249,7 @@ def _record(outcomes: list[Outcome], now: datetime) -> int:
                 next_attempt_at=now if last else next_at,
                 last_error=outcome.error,
             )
-            Channel.objects.filter(pk=item.channel_id).update(
-                last_error=outcome.error[:1000], last_error_at=now
-            )
+            errors[item.channel_id] = outcome.error
             logger.warning(
                 "notification %s (%s) to channel %s, try %s: %s%s",
                 item.pk,
@@ -261,6 +259,11 @@ def _record(outcomes: list[Outcome], now: datetime) -> int:
                 outcome.error,
                 " (gave up)" if last else "",
             )
+    # A channel's batch is sequential: its successes came before its failure, if any.
+    if delivered:
+        Channel.objects.filter(pk__in=delivered).update(last_sent_at=now, last_error="", last_error_at=None)
+    for channel_id, error in errors.items():
+        Channel.objects.filter(pk=channel_id).update(last_error=error[:1000], last_error_at=now)
     return sent
 
 
