@@ -36,3 +36,21 @@ def sleep(seconds: float, ignore_soft_limit: bool = False) -> dict:
 def fail(message: str = "diagnostics.fail was asked to fail") -> None:
     """Raise ``DrillFailure(message)``: proves failures reach the run history and Sentry."""
     raise DrillFailure(message)
+
+
+@job(
+    "diagnostics.fail_with_retries",
+    queue="default",
+    soft_time_limit=30,
+    hard_time_limit=45,
+    max_retries=2,
+    retry_backoff=1,
+    retry_backoff_max=2,
+)
+def fail_with_retries(message: str = "diagnostics.fail_with_retries was asked to fail") -> None:
+    """Raise ``DrillFailure(message)`` on each of its 3 attempts (2 retries, backoff of 1-2 s).
+
+    Proves a retried failure ends its run (and its alert, its Sentry Crons
+    check-in) once, after the last attempt, not at each retry.
+    """
+    raise DrillFailure(message)

@@ -79,6 +79,26 @@ class FakeSentry:
         with self.lock:
             return [i["payload"] for i in self.items if i["type"] == "event"]
 
+    def check_ins(self, monitor_slug: str) -> list[dict[str, Any]]:
+        """The Sentry Crons check-ins received for ``monitor_slug`` (item type ``check_in``), in order."""
+        with self.lock:
+            items = [i["payload"] for i in self.items if i["type"] == "check_in"]
+        return [c for c in items if c.get("monitor_slug") == monitor_slug]
+
+    def wait_for_check_ins(
+        self, monitor_slug: str, count: int, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """Wait until ``count`` check-ins for ``monitor_slug`` arrived; fail with what did."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(found := self.check_ins(monitor_slug)) >= count:
+                return found
+            time.sleep(0.2)
+        raise AssertionError(
+            f"fewer than {count} check-ins for {monitor_slug!r} within {timeout} s: "
+            f"{self.check_ins(monitor_slug)!r}"
+        )
+
     def wait_for_event(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0
     ) -> dict[str, Any]:
