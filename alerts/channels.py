@@ -30,7 +30,8 @@ network call has a bounded timeout (``ALERT_SEND_TIMEOUT`` seconds, default
   links}``. Trigger and reminder send ``trigger`` (PagerDuty deduplicates a
   repeated trigger by ``dedup_key``: the reminder re-pages nobody twice but
   keeps the alert open), a recovery sends ``resolve`` with the same
-  ``dedup_key``. Success is 202.
+  ``dedup_key``. Success is 202. A test alert is a trigger (severity info)
+  followed at once by its resolve, so it leaves no open alert behind.
 
 Any other answer than a 2xx, a refused connection or a timeout is a
 ``DeliveryError`` whose message names the channel's answer (status and the
@@ -299,11 +300,14 @@ def pagerduty_event(channel: ChannelLike, event: str, payload: dict[str, Any]) -
 
 
 def send_pagerduty(channel: ChannelLike, notification_id: int, event: str, payload: dict[str, Any]) -> None:
-    status, answer = post_json(
-        channel.target or PAGERDUTY_EVENTS_URL, _dumps(pagerduty_event(channel, event, payload)), {}
-    )
-    if status != 202:
-        raise DeliveryError(f"PagerDuty answered {status}, not 202: {answer[:300]!r}")
+    """One event; a test alert is a trigger resolved at once (seen in PagerDuty, left open nowhere)."""
+    actions = [event, NotificationEvent.RESOLVE.value] if event == NotificationEvent.TEST else [event]
+    for action in actions:
+        status, answer = post_json(
+            channel.target or PAGERDUTY_EVENTS_URL, _dumps(pagerduty_event(channel, action, payload)), {}
+        )
+        if status != 202:
+            raise DeliveryError(f"PagerDuty answered {status} to {action}, not 202: {answer[:300]!r}")
 
 
 SENDERS = {

@@ -19,7 +19,7 @@ from django.core.exceptions import ValidationError
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from alerts import channels
-from alerts.delivery import deliver_due, enqueue
+from alerts.delivery import deliver_due, enqueue, enqueue_test
 from alerts.messages import duration, render
 from alerts.models import Channel, Incident, Notification
 from jobs.catalog import publish_catalog
@@ -403,3 +403,14 @@ def test_pagerduty_refusing_an_event_keeps_its_answer_as_the_error(schedule, pag
     assert deliver_due(now=T0) == 0
     error = Notification.objects.get().last_error
     assert "HTTP 400" in error and "routing_key must be 32 characters" in error
+
+
+def test_a_pagerduty_test_alert_is_triggered_and_resolved_at_once(pagerduty):
+    channel = Channel.objects.create(name="pd", kind="pagerduty", target=pagerduty.url, secret=ROUTING_KEY)
+    notification = enqueue_test(channel, now=T0)
+    assert deliver_due(now=T0) == 1
+    trigger, resolve = [r.json for r in pagerduty.wait_for(2)]
+    assert (trigger["event_action"], resolve["event_action"]) == ("trigger", "resolve")
+    assert trigger["dedup_key"] == resolve["dedup_key"] == notification.payload["dedup_key"]
+    assert trigger["payload"]["severity"] == "info"
+    assert trigger["payload"]["summary"] == "[TEST] Test alert to channel 'pd'"
