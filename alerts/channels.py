@@ -94,7 +94,7 @@ class DeliveryError(Exception):
 
 
 def timeout() -> float:
-    return float(getattr(settings, "ALERT_SEND_TIMEOUT", 10.0))
+    return float(settings.ALERT_SEND_TIMEOUT)
 
 
 # --- validation ----------------------------------------------------------------------

@@ -68,13 +68,13 @@ MAX_PARALLEL_CHANNELS = 16
 
 
 def max_attempts() -> int:
-    return int(getattr(settings, "ALERT_MAX_ATTEMPTS", 10))
+    return int(settings.ALERT_MAX_ATTEMPTS)
 
 
 def backoff(attempts: int) -> timedelta:
     """The wait after failed try number ``attempts``: 10 s, 20 s, 40 s, ... at most 15 min, ±20 %."""
-    base = float(getattr(settings, "ALERT_RETRY_BASE_SECONDS", 10))
-    cap = float(getattr(settings, "ALERT_RETRY_MAX_SECONDS", 900))
+    base = float(settings.ALERT_RETRY_BASE_SECONDS)
+    cap = float(settings.ALERT_RETRY_MAX_SECONDS)
     delay = min(cap, base * 2 ** max(0, attempts - 1))
     # Jitter spreads the retries of many notifications that failed together.
     return timedelta(seconds=delay * random.uniform(0.8, 1.2))  # noqa: S311 (not cryptographic)

@@ -264,6 +264,20 @@ ALERT_BEAT_DOWN_AFTER = envint("ALERT_BEAT_DOWN_AFTER", 60, minimum=1)
 ALERT_CHECK_INTERVAL = envfloat("ALERT_CHECK_INTERVAL", 5.0)
 # The admin's address as a person's browser reaches it, for links in alerts.
 PUBLIC_URL = envstr("PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# Every call to a channel (HTTP, SMTP) gives up after this many seconds.
+ALERT_SEND_TIMEOUT = envfloat("ALERT_SEND_TIMEOUT", 10.0)
+# A notification is retried with backoff (base doubling up to max, seconds) and
+# recorded failed after this many attempts (10: about 50 minutes).
+ALERT_MAX_ATTEMPTS = envint("ALERT_MAX_ATTEMPTS", 10, minimum=1)
+ALERT_RETRY_BASE_SECONDS = envint("ALERT_RETRY_BASE_SECONDS", 10, minimum=1)
+ALERT_RETRY_MAX_SECONDS = envint("ALERT_RETRY_MAX_SECONDS", 900, minimum=1)
+# The email channel's server (Django's SMTP backend).
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS")
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "beatplatform@localhost")
 
 # --- runplatform (the embedded, all-in-one run command) ---------------------------
 RUN_HOST = envstr("HOST", "127.0.0.1")
