@@ -932,9 +932,12 @@ class Cycle:
         if event.kind != IncidentKind.MISSED:
             return None
         slot = event.run["scheduled_for"]
+        # A slot due shortly before the dead leader's last renewal may not have
+        # been claimed yet (claims trail their slots by up to a loop).
+        margin = timedelta(seconds=settings.BEAT_LEASE_SECONDS + settings.CELERY_BEAT_MAX_LOOP_INTERVAL)
         for incident in ([self.beat_open] if self.beat_open else []) + self.beat_history:
             down_since = parse_datetime(incident.details.get("last_tick_at", "")) or incident.opened_at
-            if down_since <= slot <= (incident.resolved_at or self.now):
+            if down_since - margin <= slot <= (incident.resolved_at or self.now):
                 return incident
         if event.run["status"] in WAITING_STATUSES:
             queue = _queue_of(event.run)
