@@ -258,7 +258,7 @@ def _start_waiting_run(run_id: str, *, attempt: int, worker: str, now: datetime)
         return None
     in_transaction = connection.in_atomic_block
     sql, fields = _start_statement(in_transaction)
-    params = [
+    params: list[Any] = [
         RunStatus.RUNNING.value, now, attempt, worker[:255], now, now,
         run_uuid, RunStatus.QUEUED.value, RunStatus.RETRYING.value, now,
     ]  # fmt: skip
