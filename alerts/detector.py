@@ -41,35 +41,28 @@ Beat's recovery has two halves: a leader renewing the lease again is noted
 comes after its first tick, so the slots its catch-up recorded missed are
 already grouped under the incident when its recovery message counts them.
 
-Cost (query plan intent; figures are for 100,000 schedules and 1,000,000
-runs): a cycle never walks the schedules. What it reads:
+Cost (query plan intent): a cycle never walks the schedules. What it reads:
 
 1. runs that *ended* in ``(cursor - OVERLAP, now]``: a range of the
    ``run_by_finish`` index, kept to the interesting ones in SQL (bad endings,
    runs of schedules whose health is not up, late starts), then the last few
    runs of each such schedule through the ``one_run_per_slot`` index;
 2. runs *waiting* whose slot + grace passed since the last cycle: a range of
-   ``run_by_status`` (status, scheduled_for) no wider than the largest grace
-   plus the cycle, joined to their policy, exact per grace in SQL;
-3. runs *running* with a duration or lateness threshold: ``run_by_status``
+   ``run_active`` (status, scheduled_for; waiting and running runs only) no
+   wider than the largest grace plus the cycle, joined to their policy,
+   exact per grace in SQL;
+3. runs *running* with a duration or lateness threshold: ``run_active``
    for ``running`` (as many as the workers' concurrency);
 4. queues with runs waiting for more than ``NO_WORKER_AFTER``: a range of
-   ``run_by_status``, grouped; live presence (a handful of rows);
+   ``run_active``, grouped; live presence (a handful of rows);
 5. schedules edited since the cursor (paused, resumed): the change log's
    ``created_at`` index;
 6. open incidents (the ``incident_reminders_due`` partial index; few), the
    lease row, the active mutes (``maintenance_by_end``).
 
-Measured (2026-11-30, this machine, PostgreSQL 16): 100,000 schedules,
-1,000,000 runs ending at ~1,700 a second, 3,000 running and 5,000 queued: a
-steady cycle runs 18-55 statements and spends 38-58 ms in the database;
-the same cycle at 20 or 2,000 healthy schedules runs the same statements
-(``tests/test_alert_detector.py``). A fresh detector's first cycle reads
-``FIRST_LOOKBACK`` of history once: about 0.5 s. An outage is the costly
-moment: a queue without a worker stalling 4,500 schedules opened their 4,500
-grouped incidents in one cycle of 93 statements (0.8 s in the database), and
-their recovery resolved them in 179 (0.5 s): grouped incidents open and
-resolve in batches, and the latest runs of many schedules are read together.
+``tests/test_alert_detector.py`` checks that a cycle runs the same
+statements at 20 or 2,000 healthy schedules; ``bench/alerting_cycle.py``
+measures one at 100,000 schedules and 1,000,000 runs, with the plans.
 
 The cursor is kept by each detector process (several may run; each reads
 what changed since its own last cycle) and derived at start: the first
@@ -550,7 +543,7 @@ class Cycle:
     def collect_running(self, events: dict[int, list[Event]]) -> None:
         """Running runs past their expected duration (overrun) or started late.
 
-        The running runs (``run_by_status``; as many as the workers run at
+        The running runs (``run_active``; as many as the workers run at
         once) without a join, then the policies of those that ran long enough
         or started late enough to matter, by primary key: joining every
         running run to its policy made PostgreSQL hash all 100,000 policies.
