@@ -9,8 +9,11 @@ run, and the ``monitor_config`` Sentry would upsert.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -150,6 +153,25 @@ def test_renaming_a_schedule_keeps_its_monitor_slug():
     after = crons.load_monitor(task.pk)
     assert before is not None and after is not None
     assert after.slug == before.slug == task.policy.slug
+
+
+@pytest.mark.django_db
+def test_a_steady_check_in_reads_one_row_and_an_edit_is_seen_at_the_next_one(django_assert_num_queries):
+    task = schedule(interval=every(5, "minutes"), grace=60)
+    cache = crons.MonitorCache()
+    first = cache.get(task.pk, 90)
+
+    with django_assert_num_queries(1):  # the change log's head; the monitor is the one read before
+        assert cache.get(task.pk, 90) is first
+
+    policy = SchedulePolicy.objects.get(task=task)
+    policy.grace = 300
+    policy.save()  # the admin's way: the change log moves
+    edited = cache.get(task.pk, 90)
+
+    assert first is not None and edited is not None
+    assert (first.config["checkin_margin"], edited.config["checkin_margin"]) == (1, 5)
+    assert edited.config["max_runtime"] == 2  # the run's hard limit: 90 s
 
 
 def test_the_platform_does_not_enable_the_celery_integrations_own_beat_monitors(fake_sentry):
@@ -338,3 +360,90 @@ def test_a_90_second_interval_schedule_runs_but_sends_no_check_in(worker, catalo
 
     assert run.status == RunStatus.SUCCEEDED
     assert fake_sentry.check_ins(slug_of(task)) == []
+
+
+# -- Runs whose pool process dies (recorded by the worker's main process) ----------------------
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def kill_pool_processes(worker) -> None:
+    """SIGKILL every pool process of the worker (it replaces them); its main process records the loss."""
+    for child in children_of(worker.process.pid):
+        os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_run_lost_with_its_pool_process_ends_its_check_in_in_error(
+    worker, catalog, clean_queues, fake_sentry
+):
+    task = PeriodicTask.objects.create(
+        name="crons lost", task="diagnostics.sleep", interval=every(10, "minutes"), kwargs='{"seconds": 30}'
+    )
+    run = dispatch_by_hand(task)
+    wait_for_run(run.pk, statuses={RunStatus.RUNNING}, timeout=30)
+    fake_sentry.wait_for_check_ins(slug_of(task), 1, timeout=30)
+
+    kill_pool_processes(worker)
+
+    run = wait_for_run(run.pk, timeout=60)
+    assert (run.status, run.error_type) == (RunStatus.LOST, "WorkerLostError")
+    check_ins = fake_sentry.wait_for_check_ins(slug_of(task), 2, timeout=30)
+    assert_one_check_in_per_run(check_ins, run, ["in_progress", "error"])
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_attempt_with_retries_left_continues_the_same_check_in(
+    worker, catalog, clean_queues, fake_sentry
+):
+    task = PeriodicTask.objects.create(
+        name="crons lost then retried",
+        task="diagnostics.fail_with_retries",
+        interval=every(10, "minutes"),
+        kwargs='{"seconds": 3}',
+    )
+    run = dispatch_by_hand(task)
+    wait_for_run(run.pk, statuses={RunStatus.RUNNING}, timeout=30)
+    fake_sentry.wait_for_check_ins(slug_of(task), 1, timeout=30)
+
+    kill_pool_processes(worker)  # attempt 1 lost: retrying, its message requeued
+
+    run = wait_for_run(run.pk, timeout=90)
+    assert (run.status, run.attempt) == (RunStatus.FAILED, 3)
+    fake_sentry.wait_for_check_ins(slug_of(task), 2, timeout=30)
+    time.sleep(1)  # nothing else may follow
+    assert_one_check_in_per_run(fake_sentry.check_ins(slug_of(task)), run, ["in_progress", "error"])
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_run_terminated_by_a_revoke_ends_its_check_in_in_error(worker, catalog, clean_queues, fake_sentry):
+    from scheduler.celery import app
+
+    task = PeriodicTask.objects.create(
+        name="crons terminated",
+        task="diagnostics.sleep",
+        interval=every(10, "minutes"),
+        kwargs='{"seconds": 30}',
+    )
+    run = dispatch_by_hand(task)
+    running = wait_for_run(run.pk, statuses={RunStatus.RUNNING}, timeout=30)
+
+    app.control.revoke(str(run.pk), terminate=True, signal="SIGTERM", destination=[running.worker])
+
+    run = wait_for_run(run.pk, timeout=30)
+    assert (run.status, run.error_type) == (RunStatus.FAILED, "Terminated")
+    check_ins = fake_sentry.wait_for_check_ins(slug_of(task), 2, timeout=30)
+    assert_one_check_in_per_run(check_ins, run, ["in_progress", "error"])

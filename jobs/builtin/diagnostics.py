@@ -47,10 +47,14 @@ def fail(message: str = "diagnostics.fail was asked to fail") -> None:
     retry_backoff=1,
     retry_backoff_max=2,
 )
-def fail_with_retries(message: str = "diagnostics.fail_with_retries was asked to fail") -> None:
-    """Raise ``DrillFailure(message)`` on each of its 3 attempts (2 retries, backoff of 1-2 s).
+def fail_with_retries(
+    message: str = "diagnostics.fail_with_retries was asked to fail", seconds: float = 0
+) -> None:
+    """Sleep ``seconds``, raise ``DrillFailure(message)``; each of its 3 attempts (2 retries, 1-2 s apart).
 
     Proves a retried failure ends its run (and its alert, its Sentry Crons
-    check-in) once, after the last attempt, not at each retry.
+    check-in) once, after the last attempt, not at each retry; ``seconds``
+    leaves time to kill an attempt's process (a lost attempt is retried too).
     """
+    time.sleep(seconds)
     raise DrillFailure(message)
