@@ -104,22 +104,14 @@ def open_incident(new: NewIncident, *, now: datetime) -> Incident | None:
     paged = not new.quiet
     try:
         with transaction.atomic():
-            incident = Incident.objects.create(
-                scope=new.scope,
-                kind=new.kind,
-                schedule_id=new.schedule_id,
-                schedule_name=new.schedule_name[:200],
-                job=new.job[:200],
-                queue=new.queue[:200],
-                run_id=new.run_id,
-                cause_id=new.cause_id,
-                summary=new.summary[:500],
-                details=new.details,
+            incident = _incident_row(
+                new,
+                now,
                 quiet=new.quiet,
-                opened_at=now,
                 alerted_at=now if paged else None,
                 next_reminder_at=_next_reminder(now, new.remind_every) if paged else None,
             )
+            incident.save(force_insert=True)
             if paged:
                 _enqueue(incident, NotificationEvent.TRIGGER)
             if new.schedule_id is not None:
@@ -127,6 +119,24 @@ def open_incident(new: NewIncident, *, now: datetime) -> Incident | None:
     except IntegrityError:
         return None
     return incident
+
+
+def _incident_row(new: NewIncident, now: datetime, **fields: Any) -> Incident:
+    """An unsaved ``Incident`` opened now from ``new``, its texts cut to their columns."""
+    return Incident(
+        scope=new.scope,
+        kind=new.kind,
+        schedule_id=new.schedule_id,
+        schedule_name=new.schedule_name[:200],
+        job=new.job[:200],
+        queue=new.queue[:200],
+        run_id=new.run_id,
+        cause_id=new.cause_id,
+        summary=new.summary[:500],
+        details=new.details,
+        opened_at=now,
+        **fields,
+    )
 
 
 def add_condition(incident: Incident, condition: dict[str, Any], *, now: datetime, **details: Any) -> bool:
@@ -325,23 +335,7 @@ def open_quiet_incidents(batch: list[NewIncident], *, now: datetime) -> list[Inc
     try:
         with transaction.atomic():
             Incident.objects.bulk_create(
-                [
-                    Incident(
-                        scope=new.scope,
-                        kind=new.kind,
-                        schedule_id=new.schedule_id,
-                        schedule_name=new.schedule_name[:200],
-                        job=new.job[:200],
-                        queue=new.queue[:200],
-                        run_id=new.run_id,
-                        cause_id=new.cause_id,
-                        summary=new.summary[:500],
-                        details=new.details,
-                        quiet=True,
-                        opened_at=now,
-                    )
-                    for new in batch
-                ],
+                [_incident_row(new, now, quiet=True) for new in batch],
                 ignore_conflicts=True,
                 batch_size=1000,
             )

@@ -35,7 +35,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench.common import PYTHON, REPO, bench_env, create_database, drop_database, fmt, run_checked  # noqa: E402
+from bench.common import (  # noqa: E402
+    PYTHON,
+    append_results,
+    bench_env,
+    create_database,
+    drop_database,
+    fmt,
+    run_checked,
+)
 
 DB = "bench_alert_cycle"
 ENDED_PER_SECOND = 1_700
@@ -279,8 +287,7 @@ def main() -> int:
     }
     print(json.dumps(raw, default=str))
     if options.append:
-        with (REPO / "bench" / "results.md").open("a") as out:
-            out.write("\n" + text)
+        append_results(text)
     return 0
 
 

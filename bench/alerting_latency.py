@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from bench.common import (  # noqa: E402
     ALERTING_REDIS_DB,
     PYTHON,
     REPO,
+    append_results,
     bench_env,
     create_database,
     drop_database,
@@ -57,6 +57,7 @@ from bench.common import (  # noqa: E402
     fmt,
     run_checked,
     setup_django,
+    stop_process,
 )
 
 DB = "bench_alerting"
@@ -117,16 +118,6 @@ def worker(queues: str, concurrency: int, name: str) -> list[str]:
         "worker", "--pool", "prefork", "--concurrency", str(concurrency), "--queues", queues,
         "--without-mingle", "--without-gossip", "--loglevel", "WARNING", "--hostname", f"{name}@%h",
     )  # fmt: skip
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def wait_for(what: str, check, timeout: float) -> None:
@@ -270,7 +261,7 @@ def measure(n: int, logs: Path) -> dict[str, object]:
         }
     finally:
         for process in processes.values():
-            stop(process)
+            stop_process(process)
         pages.server.shutdown()
 
 
@@ -332,8 +323,7 @@ def main() -> int:
     print(text)
     print(json.dumps(figures, default=str))
     if options.append:
-        with (REPO / "bench" / "results.md").open("a") as out:
-            out.write("\n" + text)
+        append_results(text)
     return 0
 
 

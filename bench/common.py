@@ -173,3 +173,23 @@ def ratio(theirs, ours) -> str:
         return "–"
     r = theirs / ours
     return f"{r:,.0f}×" if r >= 100 else f"{r:.1f}×" if r >= 1 else f"{r:.2f}×"
+
+
+def stop_process(process, timeout: float = 30.0) -> None:
+    """SIGTERM a process the bench started (its pid only), SIGKILL it if it does not stop in ``timeout``."""
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def append_results(text: str) -> None:
+    """Add a section to ``bench/results.md``."""
+    with (REPO / "bench" / "results.md").open("a") as out:
+        out.write("\n" + text)

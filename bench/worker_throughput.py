@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from celery import Celery  # noqa: E402
 
-from bench.common import PYTHON, REPO, bench_env, cpu_model, create_database, drop_database, fmt, run_checked  # noqa: E402
+from bench.common import (  # noqa: E402
+    PYTHON,
+    REPO,
+    bench_env,
+    cpu_model,
+    create_database,
+    drop_database,
+    fmt,
+    run_checked,
+    stop_process,
+)
 
 DB = "bench_worker"
 REDIS_DB = 15
@@ -104,16 +113,6 @@ def start_worker(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> 
     command += ["-Q", QUEUE, "-n", f"bench-worker-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "WARNING"]
     command += ["--without-gossip", "--without-mingle"]
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def drain_seconds(n: int, process: subprocess.Popen, log: Path, timeout: float) -> float:
@@ -190,7 +189,7 @@ def measure_ours(n: int, code: Path, logs: Path, i: int) -> float:
     try:
         seconds = drain_seconds(n, worker, log, timeout=300)
     finally:
-        stop(worker)
+        stop_process(worker)
     statuses = dict(JobRun.objects.values_list("status").annotate(Count("pk")))
     if statuses != {"succeeded": n}:
         raise RuntimeError(f"runs did not all succeed: {statuses}\n{log.read_text()[-3000:]}")
@@ -209,7 +208,7 @@ def measure_bare(n: int, logs: Path, i: int) -> float:
     try:
         return drain_seconds(n, worker, log, timeout=300)
     finally:
-        stop(worker)
+        stop_process(worker)
 
 
 def git_commit(code: Path) -> str:
