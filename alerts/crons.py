@@ -44,6 +44,16 @@ What is not sent, and why:
   covers them like every schedule.
 - Runs with no schedule (a service's ``dispatch`` by job name): no monitor.
 
+Endings no worker signal reports, which Sentry ends itself as a timeout
+(an ``error``) once ``max_runtime`` passes after the ``in_progress``: a run
+whose whole worker died and whose redelivered copy found no retry left
+(``jobs.runs.start_run`` records it ``lost``), an attempt recorded
+abandoned by the presence sweep, and a running run beat cut short for a
+newer slot (overlap ``replace``: beat's hot path sends nothing). Caveat:
+``max_runtime`` is the hard limit of one attempt, so a run whose retries
+and backoff together outlast it is timed out by Sentry before its last
+attempt reports.
+
 Costs. Beat never calls Sentry (it only inserts runs). The receivers are
 connected only when ``SENTRY_DSN`` is set (``AlertsConfig.ready``): without
 it a run costs the worker one attribute test per signal (about 60 ns). With

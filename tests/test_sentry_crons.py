@@ -205,6 +205,28 @@ def test_the_admin_lists_each_schedules_monitor_or_why_it_is_not_one(client, dja
         "covered by the platform&#x27;s own detector" in page
     )
     assert client.get("/admin/alerts/sentrymonitor/add/").status_code == 403
+    detail = client.get(f"/admin/alerts/sentrymonitor/{monitored.pk}/change/")
+    assert detail.status_code == 200
+    assert "&quot;checkin_margin&quot;: 1" in detail.content.decode()
+    assert 'name="_save"' not in detail.content.decode()  # read-only: edited on the schedule's page
+
+
+@pytest.mark.django_db
+def test_the_admin_page_costs_the_same_queries_for_3_and_30_schedules(client, django_user_model):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(django_user_model.objects.create_superuser("bob", "bob@example.com", "unused"))
+    counts = []
+    for total in (3, 30):
+        while PeriodicTask.objects.count() < total:
+            n = PeriodicTask.objects.count()
+            schedule(f"s{n}", interval=every(n + 1, "minutes"), hard_time_limit=None)
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get("/admin/alerts/sentrymonitor/").status_code == 200
+        counts.append(len(queries))
+
+    assert counts[0] == counts[1]
 
 
 # -- Check-ins from a real prefork worker ------------------------------------------------------
