@@ -2,9 +2,9 @@
 
 Each schedule Sentry can represent is one monitor, keyed by its policy's
 stable slug (``SchedulePolicy.slug``: renaming the schedule keeps the
-monitor). Every check-in carries the monitor's ``monitor_config``, built
-from the schedule's rows when the run starts, and Sentry upserts it: an edit
-in the admin reaches Sentry with the next run's check-in.
+monitor). Every check-in carries the monitor's ``monitor_config``, as the
+schedule's rows are when it is sent, and Sentry upserts it: an edit in the
+admin reaches Sentry with the next check-in.
 
 What is sent, per run of a schedule (``JobRun.schedule`` set, whatever the
 origin: beat's slots, and runs by hand from a schedule, which run the
@@ -16,7 +16,7 @@ by receivers of ``jobs.signals`` in the process that recorded the transition:
 - ``ok`` when it succeeds; ``error`` when it fails after its last attempt,
   times out (soft: from the pool process; hard: from the worker's main
   process), is lost with its worker (recorded by the main process), or is
-  terminated by a revoke;
+  terminated by a revoke (or revoked while it waited for a retry);
 - nothing on a retry: the run's check-in id is its UUID (``run.pk.hex``),
   the same for every attempt, so the next attempt continues the one check-in
   and only the last attempt ends it. A lost pool process with retries left
@@ -52,7 +52,11 @@ abandoned by the presence sweep, and a running run beat cut short for a
 newer slot (overlap ``replace``: beat's hot path sends nothing). Caveat:
 ``max_runtime`` is the hard limit of one attempt, so a run whose retries
 and backoff together outlast it is timed out by Sentry before its last
-attempt reports.
+attempt reports. And Sentry expects an interval monitor's next check-in
+one interval after the last one it received, so a run by hand of an
+interval schedule moves that expectation later (a crontab monitor keeps its
+slots): a slot missed right after it is reported up to one interval late
+by Sentry, on time by our detector.
 
 Costs. Beat never calls Sentry (it only inserts runs). The receivers are
 connected only when ``SENTRY_DSN`` is set (``AlertsConfig.ready``): without
@@ -353,8 +357,10 @@ def on_run_ended(
         outcome = "ok"
     elif status in ERROR_STATUSES:
         outcome = "error"
+    elif run.started_at is not None:
+        outcome = "error"  # skipped / missed between attempts (a revoke while it waited to retry)
     else:
-        return  # skipped / missed: it never started, no check-in is open (see the module doc)
+        return  # skipped / missed before it started: no check-in is open (see the module doc)
     monitor = _monitor_of(run)
     if monitor is None or monitor.config is None:
         return

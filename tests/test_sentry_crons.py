@@ -185,6 +185,64 @@ def test_the_platform_does_not_enable_the_celery_integrations_own_beat_monitors(
     assert integration.monitor_beat_tasks is False
 
 
+@pytest.mark.parametrize(
+    ("status", "will_retry", "started", "expected"),
+    [
+        (RunStatus.SUCCEEDED, False, True, ["ok"]),
+        (RunStatus.FAILED, False, True, ["error"]),
+        (RunStatus.SOFT_TIMEOUT, False, True, ["error"]),
+        (RunStatus.HARD_TIMEOUT, False, True, ["error"]),
+        (RunStatus.LOST, False, True, ["error"]),
+        (RunStatus.RETRYING, True, True, []),  # the next attempt continues the check-in
+        (RunStatus.SKIPPED, False, False, []),  # never started: no check-in is open
+        (RunStatus.MISSED, False, False, []),  # Sentry marks the slot missed itself
+        (RunStatus.SKIPPED, False, True, ["error"]),  # revoked while waiting to retry: close it
+    ],
+)
+@pytest.mark.django_db
+def test_which_endings_end_the_check_in(fake_sentry, status, will_retry, started, expected):
+    import sentry_sdk
+
+    init_sentry(fake_sentry.dsn, environment="test")
+    task = schedule(f"endings {status} {will_retry} {started}", interval=every(5, "minutes"))
+    now = timezone.now()
+    run = JobRun.objects.create(
+        schedule=task,
+        job=task.task,
+        scheduled_for=now,
+        status=status,
+        attempt=1 if started else 0,
+        started_at=now if started else None,
+    )
+
+    crons.on_run_ended(run=run, status=status, will_retry=will_retry, error=None)
+    sentry_sdk.flush(timeout=5)
+
+    check_ins = fake_sentry.check_ins(slug_of(task))
+    assert [c["status"] for c in check_ins] == expected
+    assert all(c["check_in_id"] == run.pk.hex for c in check_ins)
+
+
+def test_without_a_dsn_nobody_listens_to_the_jobs_signals(settings):
+    from django.apps import apps
+
+    from jobs import signals as run_signals
+
+    if settings.SENTRY_DSN:
+        pytest.skip("this test process has SENTRY_DSN set: the receivers were connected at start")
+    assert not run_signals.has_receivers(run_signals.run_started)
+    assert not run_signals.has_receivers(run_signals.run_ended)
+
+    settings.SENTRY_DSN = "http://publickey@127.0.0.1:9/1"
+    apps.get_app_config("alerts").ready()
+    try:
+        assert run_signals.has_receivers(run_signals.run_started)
+        assert run_signals.has_receivers(run_signals.run_ended)
+    finally:
+        crons.disconnect()
+    assert not run_signals.has_receivers(run_signals.run_ended)
+
+
 # -- The admin's "Sentry Crons monitors" page ------------------------------------------------
 
 
