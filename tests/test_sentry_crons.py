@@ -243,6 +243,20 @@ def test_without_a_dsn_nobody_listens_to_the_jobs_signals(settings):
     assert not run_signals.has_receivers(run_signals.run_ended)
 
 
+def test_a_burst_of_check_ins_is_not_dropped_by_the_sdks_queue(fake_sentry):
+    import uuid
+
+    import sentry_sdk
+    from sentry_sdk.crons import capture_checkin
+
+    init_sentry(fake_sentry.dsn, environment="test")
+    for _ in range(1000):  # the SDK's default queue (100) kept 182 of these
+        capture_checkin(monitor_slug="crons-burst", check_in_id=uuid.uuid4().hex, status="in_progress")
+    sentry_sdk.flush(timeout=30)
+
+    assert len(fake_sentry.check_ins("crons-burst")) == 1000
+
+
 # -- The admin's "Sentry Crons monitors" page ------------------------------------------------
 
 
