@@ -267,3 +267,7 @@ class NotificationAdmin(ReadOnlyAdmin):
         messages.info(request, f"{made_due} made due, {sent} delivered.")
         for pk, error in failed.items():
             messages.error(request, f"Notification {pk}: {error}")
+
+
+# The "Sentry Crons monitors" page lives in its own module; importing it registers it.
+from alerts import crons_admin  # noqa: E402, F401

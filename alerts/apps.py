@@ -8,7 +8,7 @@ class AlertsConfig(AppConfig):
     name = "alerts"
 
     def ready(self) -> None:
-        from alerts import crons, crons_admin  # noqa: F401 (crons_admin registers its admin page)
+        from alerts import crons
 
         # Without a DSN nothing listens to the jobs signals, so a worker's run
         # pays one attribute test per signal and nothing else.

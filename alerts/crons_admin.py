@@ -3,8 +3,8 @@
 One row per schedule: its name, job, the monitor's slug (the policy's stable
 slug, what Sentry keys the monitor by) and either the ``monitor_config`` its
 next check-in sends or why it is not a monitor ("not a Crons monitor: 90 s
-interval … covered by the platform's own detector"). Registered from
-``AlertsConfig.ready``. Nothing is edited here: schedules are edited on
+interval … covered by the platform's own detector"). Registered by
+``alerts.admin``, which imports this module. Nothing is edited here: schedules are edited on
 their own page, and the next run's check-in carries the change to Sentry.
 
 A list page costs the same number of queries whatever its length: the
@@ -15,13 +15,13 @@ hard limits (for ``max_runtime``) are read once per page.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from alerts.admin import ReadOnlyAdmin
 from alerts.crons import monitor_config_for, monitor_slug
 from alerts.models import SentryMonitor
 from jobs.models import JobDefinition
@@ -36,7 +36,7 @@ def _policy(schedule: SentryMonitor) -> SchedulePolicy | None:
 
 
 @admin.register(SentryMonitor)
-class SentryMonitorAdmin(admin.ModelAdmin):
+class SentryMonitorAdmin(ReadOnlyAdmin):
     list_display = ("name", "task", "slug", "sentry_crons")
     list_select_related = ("crontab", "interval", "clocked", "solar", "policy")
     search_fields = ("name", "task", "policy__slug")
@@ -47,15 +47,6 @@ class SentryMonitorAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[SentryMonitor]:
         self._job_hard_limits = dict(JobDefinition.objects.values_list("name", "hard_time_limit"))
         return super().get_queryset(request)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="monitor slug")
     def slug(self, schedule: SentryMonitor) -> str:

@@ -74,6 +74,7 @@ ended before that again; the schedules' next runs are judged as usual.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -97,6 +98,7 @@ from alerts.models import Health, Incident, IncidentKind, ScheduleHealth
 from jobs.models import JobRun, RunStatus, WorkerPresence
 from jobs.workers import LIVE_SECONDS
 from lib.sequences import chunks
+from scheduler.beat.engine import QUARANTINE_PREFIX
 from scheduler.models import BeatLease, ScheduleChange, SchedulePolicy
 
 logger = logging.getLogger(__name__)
@@ -283,6 +285,11 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
+def _text_id(run_id: Any) -> str | None:
+    """A run's id as text for an incident's details; ``None`` for a condition with no run (not scheduled)."""
+    return str(run_id) if run_id is not None else None
+
+
 def _seconds(delta: timedelta) -> int:
     return int(delta.total_seconds())
 
@@ -334,6 +341,7 @@ class Cycle:
         events: dict[int, list[Event]] = defaultdict(list)
         self.collect_waiting(events)
         self.collect_running(events)
+        self.collect_not_scheduled(events)
         ended = self.collect_ended()
         changed = self.collect_changes()
         self.judge_schedules(events, ended, changed)
@@ -537,6 +545,44 @@ class Cycle:
                         "error_message": f"not started {grace} s after its slot; still {run['status']} "
                         f"in queue {_queue_of(run)!r}",
                     },
+                )
+            )
+
+    def collect_not_scheduled(self, events: dict[int, list[Event]]) -> None:
+        """Schedules beat quarantined: their row cannot be evaluated, so no slot (and no run) comes.
+
+        Such a schedule would otherwise never be missed: nothing is claimed
+        for it. Beat writes the reason on its policy (``problem``, starting
+        ``QUARANTINE_PREFIX``; the ``policy_with_problem`` partial index holds
+        only those rows). The condition opens the schedule's incident at once;
+        a fixed row brings the schedule back (beat clears the problem), and
+        its next successful run resolves the incident as usual. The key
+        carries the reason, so a schedule quarantined again for another
+        reason adds a condition to the open incident.
+        """
+        rows = list(
+            SchedulePolicy.objects.exclude(problem="")
+            .filter(problem__startswith=QUARANTINE_PREFIX, task__enabled=True)
+            .values("task_id", "problem", "queue", "task__task")
+        )
+        for row in rows:
+            problem = row["problem"]
+            run = {
+                "id": None,
+                "schedule_id": row["task_id"],
+                "job": row["task__task"],
+                "queue": row["queue"],
+                "status": "",
+                "scheduled_for": self.now,
+            }
+            digest = hashlib.sha1(problem.encode(), usedforsecurity=False).hexdigest()[:12]
+            events[row["task_id"]].append(
+                Event(
+                    kind=IncidentKind.NOT_SCHEDULED,
+                    at=self.now,
+                    key=f"not-scheduled:{digest}",
+                    run=run,
+                    details={"error_message": problem},
                 )
             )
 
@@ -950,7 +996,7 @@ class Cycle:
                 counts["failures"] = max(event.failures, int(incident.details.get("failures", 0)) + 1)
             if incidents.add_condition(
                 incident,
-                {"key": event.key, "kind": event.kind, "run": str(event.run["id"])},
+                {"key": event.key, "kind": event.kind, "run": _text_id(event.run["id"])},
                 now=self.now,
                 **counts,
             ):
@@ -972,7 +1018,7 @@ class Cycle:
         if pending is not None:  # opened with the others of its outage at the end of the pass
             conditions = pending.details["conditions"]
             if all(c["key"] != event.key for c in conditions) and len(conditions) < incidents.CONDITIONS_KEPT:
-                conditions.append({"key": event.key, "kind": event.kind, "run": str(event.run["id"])})
+                conditions.append({"key": event.key, "kind": event.kind, "run": _text_id(event.run["id"])})
                 pending.details["conditions_seen"] = len(conditions)
             return
         if event.kind in THRESHOLDED and event.failures < limits.failures_before_alert:
@@ -1026,11 +1072,11 @@ class Cycle:
             **event.details,
             "slot": run["scheduled_for"].isoformat(),
             "timezone": str(info.get("crontab__timezone") or "UTC"),
-            "run_id": str(run["id"]),
+            "run_id": _text_id(run["id"]),
             "failures": event.failures,
             "last_good_run_at": _iso(good["finished_at"]) if good else None,
             "last_good_run_id": str(good["id"]) if good else None,
-            "conditions": [{"key": event.key, "kind": event.kind, "run": str(run["id"])}],
+            "conditions": [{"key": event.key, "kind": event.kind, "run": _text_id(run["id"])}],
             "conditions_seen": 1,
             "last_condition": event.key,
         }
@@ -1064,6 +1110,8 @@ class Cycle:
             IncidentKind.LOST: f"lost: its worker died under the run of {slot}{failures}",
             IncidentKind.OVERRUN: f"overrun: running for {details.get('running_for_s')} s, expected "
             f"{details.get('expected_duration_s')} s",
+            IncidentKind.NOT_SCHEDULED: f"{details.get('error_message')}: beat runs no slot of it until "
+            "the row is fixed"[:400],
         }
         return descriptions.get(event.kind, event.kind)
 

@@ -39,6 +39,7 @@ class IncidentKind(models.TextChoices):
     OVERRUN = "overrun", "overrun: still running past its expected duration"
     TIMED_OUT = "timed_out", "timed out (soft or hard limit)"
     LOST = "lost", "lost: its worker died under it"
+    NOT_SCHEDULED = "not_scheduled", "not scheduled: beat cannot evaluate the schedule's row"
     BEAT_DOWN = "beat_down", "beat down: no leader tick"
     NO_WORKER = "no_worker", "no worker serves a queue with due runs"
 

@@ -117,6 +117,11 @@ class SchedulePolicy(models.Model):
     class Meta:
         verbose_name = "schedule policy"
         verbose_name_plural = "schedule policies"
+        indexes = [
+            # The few schedules with a problem (quarantined by beat): the alert
+            # detector reads them every cycle without walking every policy.
+            models.Index(fields=["problem"], condition=~models.Q(problem=""), name="policy_with_problem"),
+        ]
 
     def __str__(self) -> str:
         return f"policy of {self.task_id}"

@@ -230,6 +230,35 @@ def test_a_slot_recorded_missed_opens_a_missed_incident(clock):
     assert notifications("trigger") == 1
 
 
+def test_a_schedule_beat_quarantined_pages_once_and_its_next_good_run_resolves_it(clock):
+    """No slot is ever claimed for a quarantined schedule: without this it could never be missed."""
+    schedule = make_schedule()
+    reason = "not scheduled: crontab minute '61' is out of range"
+    SchedulePolicy.objects.filter(task=schedule).update(problem=reason)  # as beat writes it
+
+    clock.cycle()
+    clock.cycle()  # still quarantined: the same condition, no second page
+    incident = Incident.objects.get()
+    assert (incident.kind, incident.schedule_id, incident.run_id) == ("not_scheduled", schedule.pk, None)
+    assert reason in incident.summary and incident.details["run_id"] is None
+    assert notifications("trigger") == 1 and state(schedule) == Health.DOWN
+
+    SchedulePolicy.objects.filter(task=schedule).update(problem="")  # the row was fixed; beat clears it
+    ended(schedule, RunStatus.SUCCEEDED, slot=clock.now)
+    clock.cycle()
+    incident.refresh_from_db()
+    assert incident.resolved_at is not None and notifications("resolve") == 1
+    assert state(schedule) == Health.UP
+
+
+def test_a_disabled_quarantined_schedule_does_not_page(clock):
+    schedule = make_schedule()
+    SchedulePolicy.objects.filter(task=schedule).update(problem="not scheduled: unknown time zone")
+    PeriodicTask.objects.filter(pk=schedule.pk).update(enabled=False)
+    clock.cycle()
+    assert not Incident.objects.exists()
+
+
 # --- late and overrun ---------------------------------------------------------------------
 
 
