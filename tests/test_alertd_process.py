@@ -19,11 +19,9 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.db import connection
@@ -33,6 +31,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from alerts.models import Channel, Incident, Notification
 from jobs.models import JobRun, RunStatus
 from scheduler.models import SchedulePolicy
+from tests.support.alert_receivers import HttpReceiver
 from tests.support.processes import Service, start_beat
 from tests.support.tcp_proxy import TcpProxy
 
@@ -53,38 +52,10 @@ def alert_env(service_env):
     }
 
 
-class Receiver:
-    """A webhook endpoint on 127.0.0.1 that records every POST's JSON body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                length = int(self.headers.get("Content-Length") or 0)
-                try:
-                    received.append(json.loads(self.rfile.read(length) or b"{}"))
-                except ValueError:
-                    received.append({"unparsed": True})
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
+def receiver() -> Iterator[HttpReceiver]:
+    """A webhook endpoint on 127.0.0.1 that takes every page (``accepted()``)."""
+    server = HttpReceiver().start()
     Channel.objects.create(name="on-call", kind="webhook", target=server.url, is_default=True)
     yield server
     server.stop()
@@ -192,7 +163,7 @@ def test_killing_the_only_beat_pages_one_beat_down_incident_not_one_per_schedule
             "every grouped schedule incident resolved",
             *services,
         )
-        wait_until(lambda: len(receiver.bodies) >= 2, 30, "the trigger and recovery delivered", *services)
+        wait_until(lambda: len(receiver.accepted()) >= 2, 30, "the trigger and recovery delivered", *services)
         time.sleep(2)  # anything else alertd would (wrongly) send
     finally:
         for service in services:
@@ -213,7 +184,7 @@ def test_killing_the_only_beat_pages_one_beat_down_incident_not_one_per_schedule
     paged = Notification.objects.exclude(incident=beat_down)
     assert not paged.exists(), "a schedule was paged on its own"
     assert sorted(Notification.objects.values_list("event", flat=True)) == ["resolve", "trigger"]
-    assert len(receiver.bodies) == 2, receiver.bodies
+    assert len(receiver.accepted()) == 2, [r.json for r in receiver.accepted()]
 
 
 @pytest.mark.timeout(180)
@@ -245,7 +216,7 @@ def test_a_diagnostics_fail_drill_pages_once_end_to_end_with_two_alertd(
             lambda: Incident.objects.filter(schedule=drill).first(), 30, "an incident", *services
         )
         detected_after = (incident.opened_at - failed.finished_at).total_seconds()
-        wait_until(lambda: receiver.bodies, 30, "the page delivered to the webhook", *services)
+        wait_until(lambda: receiver.accepted(), 30, "the page delivered to the webhook", *services)
         time.sleep(6)  # the next failure joins the incident, no second page
     finally:
         for service in services:
@@ -260,4 +231,4 @@ def test_a_diagnostics_fail_drill_pages_once_end_to_end_with_two_alertd(
     assert Incident.objects.count() == 1
     notification = Notification.objects.get()
     assert (notification.event, notification.status) == ("trigger", "sent")
-    assert len(receiver.bodies) == 1
+    assert len(receiver.accepted()) == 1
