@@ -501,14 +501,19 @@ def test_no_lease_row_means_beat_is_not_judged(clock, settings):
 # --- several detectors, cost ------------------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
-def test_two_detectors_racing_open_one_incident_and_queue_one_notification():
+def ready_for_a_race() -> None:
+    """Two detectors at once need PostgreSQL; a transactional test sets up what ``setup`` would."""
     if connection.vendor != "postgresql":
         pytest.skip("two writers at once: PostgreSQL (SQLite serialises them)")
     publish_catalog(worker="tests")
     Channel.objects.get_or_create(
         name="on-call", defaults={"kind": "webhook", "target": "http://127.0.0.1:9/", "is_default": True}
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_detectors_racing_open_one_incident_and_queue_one_notification():
+    ready_for_a_race()
     now = timezone.now()
     workers_alive(now)
     schedules = [make_schedule(f"race-{i}") for i in range(20)]
@@ -541,12 +546,7 @@ def test_two_detectors_racing_open_one_incident_and_queue_one_notification():
 
 @pytest.mark.django_db(transaction=True)
 def test_two_detectors_grouping_one_outage_open_each_grouped_incident_once():
-    if connection.vendor != "postgresql":
-        pytest.skip("two writers at once: PostgreSQL (SQLite serialises them)")
-    publish_catalog(worker="tests")
-    Channel.objects.get_or_create(
-        name="on-call", defaults={"kind": "webhook", "target": "http://127.0.0.1:9/", "is_default": True}
-    )
+    ready_for_a_race()
     now = timezone.now()
     for i in range(200):
         JobRun.objects.create(

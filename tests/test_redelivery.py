@@ -6,7 +6,6 @@ import os
 import signal
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -16,20 +15,9 @@ from jobs.models import JobRun, RunStatus
 from jobs.publishing import publish_runs
 from scheduler.celery import app
 from tests.conftest import wait_for_run
+from tests.support.processes import children_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def test_a_message_for_a_finished_run_is_acknowledged_and_ignored(worker, catalog, clean_queues):

@@ -32,8 +32,7 @@ from jobs.dispatch import dispatch
 from jobs.models import JobRun, RunStatus, WorkerPresence
 from scheduler.celery import app
 from tests.conftest import wait_for_run
-from tests.support.processes import Service, celery
-from tests.test_redelivery import children_of
+from tests.support.processes import Service, celery, children_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

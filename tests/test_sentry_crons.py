@@ -13,7 +13,6 @@ import os
 import signal
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -26,6 +25,7 @@ from lib.sentry import init_sentry
 from scheduler.models import SchedulePolicy
 from scheduler.services import run_schedules_now
 from tests.conftest import wait_for_run
+from tests.support.processes import children_of
 
 # -- monitor_config_for: our rows as Sentry's monitor_config ------------------------------
 
@@ -457,18 +457,6 @@ def test_a_90_second_interval_schedule_runs_but_sends_no_check_in(worker, catalo
 
 
 # -- Runs whose pool process dies (recorded by the worker's main process) ----------------------
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def kill_pool_processes(worker) -> None:

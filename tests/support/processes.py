@@ -126,3 +126,16 @@ def start_worker(
 
 def start_beat(env: dict[str, str], log_dir: Path, name: str = "beat") -> Service:
     return Service(name, celery("beat", "--loglevel", "INFO"), env, log_dir)
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (a worker's pool processes), read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
