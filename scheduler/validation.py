@@ -1,4 +1,4 @@
-"""The one check that a schedule is fit for beat (design guarantees 6 and 8).
+"""The one check that a schedule is fit for beat (guarantees 6 and 8 in ARCHITECTURE.md).
 
 Called by the admin form, by model validation and by a ``pre_save`` signal, so
 bad input is refused the same way whether it comes from the admin, the API, an

@@ -16,7 +16,7 @@ in the claim transaction), never after an in-memory time, so a restarted
 beat fires no slot twice. Slots that passed while no beat ran are handled by
 the schedule's catch-up policy (``plan_due_slots``) and recorded.
 
-One bad row never stops the others (design guarantee 8). Each schedule is
+One bad row never stops the others (guarantee 8 in ARCHITECTURE.md). Each schedule is
 built and advanced in isolation: a row beat cannot evaluate (bad JSON, an
 unknown job, an impossible interval or cron, any exception while building
 or advancing its entry, or a claim the database refuses) is *quarantined*:
