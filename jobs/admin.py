@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from jobs.admin_lists import BoundedCountPaginator, JobFilter, ScheduleFilter
 from jobs.models import JobDefinition, JobRun, RunSummaryReport
 from jobs.reports import render_csv, render_html
 
@@ -33,8 +34,10 @@ class JobRunAdmin(ReadOnlyAdmin):
         "duration_ms",
         "worker",
     )
-    list_filter = ("status", "job", "schedule", "scheduled_for")
-    date_hierarchy = "scheduled_for"
+    # Each filter and the count read a bounded number of rows (jobs/admin_lists.py);
+    # no date_hierarchy: it scans every run's date to draw itself.
+    list_filter = ("status", JobFilter, ScheduleFilter, "scheduled_for")
+    paginator = BoundedCountPaginator
     search_fields = ("=id", "job", "schedule_name", "error_type", "error_message")
     list_select_related = False
     show_full_result_count = False  # COUNT(*) over a large history is slow
