@@ -73,6 +73,8 @@ class BoundedCountPaginator(Paginator):
     @cached_property
     def count(self) -> int:
         queryset = self.object_list
+        if not isinstance(queryset, QuerySet):
+            return len(queryset)
         if connection.vendor == "postgresql" and not queryset.query.where:
             estimate = _estimated_rows(queryset.model._meta.db_table)
             if estimate >= COUNT_LIMIT:
