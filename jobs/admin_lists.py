@@ -1,4 +1,4 @@
-"""What keeps the run-history list fast whatever the size of its tables.
+"""What keeps the admin's lists fast whatever the size of their tables.
 
 The stock pieces each read a whole table per page: a related-field filter
 renders every schedule (each ``str()`` loading its crontab or interval: over
@@ -8,7 +8,8 @@ date, and the paginator counts every matching row. Here:
 
 - ``ScheduleFilter``: by schedule id (``?schedule=<id>``, the link other
   pages use); the sidebar shows only the schedule filtered on;
-- ``JobFilter``: the job names from the catalog (a few rows), not from runs;
+- ``JobFilter``: the job names from the catalog (a few rows), not from runs
+  (the schedule list uses it too, on ``PeriodicTask.task``);
 - ``BoundedCountPaginator``: counts at most ``COUNT_LIMIT`` + 1 matching rows
   (``SELECT COUNT(*) FROM (… LIMIT n)``), so the page count is exact up to
   that many and "more" past it; an unfiltered list uses PostgreSQL's
@@ -56,15 +57,18 @@ class ScheduleFilter(admin.SimpleListFilter):
 
 
 class JobFilter(admin.SimpleListFilter):
+    """By job name, the choices from the catalog; ``job_field`` is the column holding the name."""
+
     title = "job"
     parameter_name = "job"
+    job_field = "job"
 
     def lookups(self, request: Any, model_admin: Any) -> list[tuple[str, str]]:
         return [(name, name) for name in JobDefinition.objects.values_list("name", flat=True)]
 
     def queryset(self, request: Any, queryset: QuerySet) -> QuerySet:
         value = self.value()
-        return queryset.filter(job=value) if value else queryset
+        return queryset.filter(**{self.job_field: value}) if value else queryset
 
 
 class BoundedCountPaginator(Paginator):
