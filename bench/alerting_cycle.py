@@ -51,50 +51,6 @@ CYCLE_SECONDS = 5.0
 FAILED_SHARE = 0.002  # the default of --failed-share
 LARGE_TABLES = ("jobs_jobrun", "django_celery_beat_periodictask", "scheduler_schedulepolicy")
 
-# Runs for every column the ORM would fill (raw SQL bypasses Python defaults).
-INSERT_RUNS = """
-INSERT INTO jobs_jobrun (
-    id, schedule_id, schedule_name, origin, requested_by, job, args, kwargs, queue,
-    scheduled_for, enqueued_at, started_at, finished_at, status, attempt, worker,
-    error_type, error_message, traceback, lateness_ms, duration_ms, created_at
-)
-SELECT gen_random_uuid(), t.id, t.name, 'beat', '', 'heartbeat', '[]', '{}', 'bench_idle',
-       s.at - interval '2 seconds', s.at - interval '2 seconds', s.at - interval '1 second',
-       CASE WHEN %(finished)s THEN s.at END,
-       CASE WHEN NOT %(finished)s THEN %(status)s
-            WHEN random() < %(failed)s THEN 'failed' ELSE 'succeeded' END,
-       1, 'bench-worker@127.0.0.1',
-       '', '', '', 1000, CASE WHEN %(finished)s THEN 1000 END, s.at
-FROM (
-    SELECT %(since)s::timestamptz + (%(until)s::timestamptz - %(since)s::timestamptz) * random() AS at,
-           1 + floor(random() * %(schedules)s)::int AS k
-    FROM generate_series(1, %(n)s)
-) s
-JOIN (SELECT id, name, row_number() OVER (ORDER BY id) AS k FROM django_celery_beat_periodictask) t
-  ON t.k = s.k
-ON CONFLICT DO NOTHING
-"""
-
-
-def insert_runs(
-    n: int, since: datetime, until: datetime, schedules: int, status: str = "", failed_share: float = 0.0
-) -> None:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            INSERT_RUNS,
-            {
-                "n": n,
-                "since": since,
-                "until": until,
-                "schedules": schedules,
-                "finished": not status,
-                "status": status or "succeeded",
-                "failed": failed_share,
-            },
-        )
-
 
 def failed_text() -> None:
     """Failed runs say why, as a worker would have written it."""
@@ -107,6 +63,7 @@ def failed_text() -> None:
 
 def seed(schedules: int, runs: int) -> dict:
     from django.db import connection
+    from seed import insert_runs
     from seed import seed as seed_schedules
 
     from alerts.models import Channel
@@ -188,6 +145,7 @@ def recorder(statements: list[str]):
 
 def measure(cycles: int, schedules: int, failed_share: float) -> dict:
     from django.db import connection
+    from seed import insert_runs
 
     from alerts.detector import Detector
 
