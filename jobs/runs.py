@@ -229,8 +229,17 @@ _START_WAITING_RUN = (
 _START_WAITING_RUN_NO_FLUSH = "BEGIN; SET LOCAL synchronous_commit TO OFF; {update}; COMMIT"
 
 
+@dataclass(frozen=True)
+class _StartStatement:
+    """The start's SQL and how to read the row it returns, built once per process."""
+
+    sql: str
+    attnames: list[str]  # of the RETURNING columns, in order
+    converted: tuple[tuple[int, Field], ...]  # the columns the ORM converts on reading (JSON)
+
+
 @cache
-def _start_statement(in_transaction: bool) -> tuple[str, tuple[Field, ...]]:
+def _start_statement(in_transaction: bool) -> _StartStatement:
     """The start's SQL (see above) and the fields its RETURNING lists, in order."""
     ops = connection.ops
     fields = tuple(JobRun._meta.concrete_fields)
@@ -238,7 +247,11 @@ def _start_statement(in_transaction: bool) -> tuple[str, tuple[Field, ...]]:
         table=ops.quote_name(JobRun._meta.db_table),
         columns=", ".join(ops.quote_name(str(f.column)) for f in fields),
     )
-    return (update if in_transaction else _START_WAITING_RUN_NO_FLUSH.format(update=update)), fields
+    return _StartStatement(
+        sql=update if in_transaction else _START_WAITING_RUN_NO_FLUSH.format(update=update),
+        attnames=[f.attname for f in fields],
+        converted=tuple((i, f) for i, f in enumerate(fields) if hasattr(f, "from_db_value")),
+    )
 
 
 def _start_waiting_run(run_id: str, *, attempt: int, worker: str, now: datetime) -> JobRun | None:
@@ -257,14 +270,14 @@ def _start_waiting_run(run_id: str, *, attempt: int, worker: str, now: datetime)
     if run_uuid is None or connection.vendor != "postgresql":
         return None
     in_transaction = connection.in_atomic_block
-    sql, fields = _start_statement(in_transaction)
+    statement = _start_statement(in_transaction)
     params: list[Any] = [
         RunStatus.RUNNING.value, now, attempt, worker[:255], now, now,
         run_uuid, RunStatus.QUEUED.value, RunStatus.RETRYING.value, now,
     ]  # fmt: skip
     with connection.cursor() as cursor:
         try:
-            cursor.execute(sql, params)
+            cursor.execute(statement.sql, params)
             row = _returned_row(cursor.cursor)
         except Exception:
             if not in_transaction:
@@ -272,11 +285,10 @@ def _start_waiting_run(run_id: str, *, attempt: int, worker: str, now: datetime)
             raise
     if row is None:
         return None
-    values = [
-        field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") else value
-        for field, value in zip(fields, row, strict=True)
-    ]
-    return JobRun.from_db(connection.alias, [f.attname for f in fields], values)
+    values = list(row)
+    for index, field in statement.converted:
+        values[index] = field.from_db_value(values[index], None, connection)  # type: ignore[attr-defined]
+    return JobRun.from_db(connection.alias, statement.attnames, values)
 
 
 def _returned_row(cursor: Any) -> tuple | None:
