@@ -88,9 +88,10 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from jobs import signals as run_signals
-from jobs.models import JobDefinition, JobRun, RunStatus
+from jobs.models import JobRun, RunStatus
+from scheduler.beat.slots import InvalidInterval, interval_length
 from scheduler.models import ScheduleChange, SchedulePolicy
-from scheduler.validation import cron_expression
+from scheduler.validation import cron_expression, effective_time_limits
 
 if TYPE_CHECKING:
     from sentry_sdk._types import MonitorConfig
@@ -102,7 +103,6 @@ MAX_SLUG_LENGTH = 50
 
 # Interval units Sentry takes, largest first, with their length in seconds.
 INTERVAL_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60))
-SECONDS_PER = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1, "microseconds": 1e-6}
 
 OK_STATUSES = frozenset({RunStatus.SUCCEEDED})
 ERROR_STATUSES = frozenset({RunStatus.FAILED, RunStatus.SOFT_TIMEOUT, RunStatus.HARD_TIMEOUT, RunStatus.LOST})
@@ -131,8 +131,9 @@ def _minutes_up(seconds: float) -> int:
 
 def interval_config(every: int, period: str) -> dict[str, Any] | str:
     """Sentry's interval schedule for ``every`` × ``period``, or why there is none."""
-    seconds = every * SECONDS_PER.get(period, 0)
-    if seconds <= 0:
+    try:
+        seconds = interval_length(every, period).total_seconds()  # beat's own reading of the row
+    except InvalidInterval:
         return f"{NOT_A_MONITOR}: {every} {period} is not an interval"
     shown = f"{seconds:g} s interval"
     if seconds < 60:
@@ -195,15 +196,11 @@ def monitor_config_for(
     if isinstance(kind, str):
         return kind
     hard = policy.hard_time_limit
-    if hard is None:
+    if hard is None:  # the job's default, from the caller's map or the catalog
         if job_hard_limits is not None:
             hard = job_hard_limits.get(schedule.task)
         else:
-            hard = (
-                JobDefinition.objects.filter(name=schedule.task)
-                .values_list("hard_time_limit", flat=True)
-                .first()
-            )
+            _, hard, _ = effective_time_limits(None, None, schedule.task)
     config: MonitorConfig = {
         "schedule": kind,  # type: ignore[typeddict-item]  # the SDK's TypedDict of it
         "timezone": timezone_name,
