@@ -24,14 +24,11 @@ from django.utils.text import Truncator
 from alerts.delivery import deliver_now, enqueue_test, retry_now
 from alerts.forms import ChannelForm, MaintenanceForm
 from alerts.models import Channel, Flip, Incident, Maintenance, Notification, ScheduleHealth
+from jobs.admin import ReadOnlyAdmin as JobsReadOnlyAdmin
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+class ReadOnlyAdmin(JobsReadOnlyAdmin):
+    """The run history's read-only admin, and records here cannot be deleted either."""
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
