@@ -112,11 +112,29 @@ class SchedulePolicy(models.Model):
         editable=False,
         help_text="Set by beat, e.g. when no live worker serves this job's queue.",
     )
+    paused_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When it was paused; empty: not paused."
+    )
+    paused_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="A paused schedule resumes by itself at this time; empty: until resumed by hand.",
+    )
+    pause_note = models.CharField(
+        max_length=500, blank=True, editable=False, help_text="Why it is paused; kept on each skipped run."
+    )
+    paused_by = models.CharField(max_length=150, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         verbose_name = "schedule policy"
         verbose_name_plural = "schedule policies"
+        # Beyond Django's view/change of a schedule: who may start runs and who may pause.
+        permissions = [
+            ("run_schedule", "Can run a schedule now"),
+            ("pause_schedule", "Can pause and resume a schedule"),
+        ]
         indexes = [
             # The few schedules with a problem (quarantined by beat): the alert
             # detector reads them every cycle without walking every policy.
