@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "axes",
+    "auditlog",
     "django_celery_beat",
     "scheduler",
     "jobs",
@@ -79,6 +80,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # After authentication: a schedule's change history records who made each edit.
+    "auditlog.middleware.AuditlogMiddleware",
     # Last: turns a login refused for lockout into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
