@@ -287,6 +287,12 @@ RUN_HOST = envstr("HOST", "127.0.0.1")
 RUN_PORT = envint("PORT", 8000, minimum=1)
 WORKER_CONCURRENCY = envint("WORKER_CONCURRENCY", 2, minimum=1)
 
+# --- Flower (optional): run.py starts it when FLOWER_PORT is set ------------------------
+# Flower reads FLOWER_BASIC_AUTH ("user:password", several comma-separated) itself;
+# `manage.py flower` refuses to start without it.
+FLOWER_PORT = envint("FLOWER_PORT", 0, minimum=0)
+FLOWER_BASIC_AUTH = envstr("FLOWER_BASIC_AUTH")
+
 # --- Admin user for the embedded set-up ----------------------------------------------
 ADMIN_USERNAME = envstr("ADMIN_USERNAME", "admin")
 ADMIN_PASSWORD = envstr("ADMIN_PASSWORD")
