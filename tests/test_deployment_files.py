@@ -101,6 +101,18 @@ def test_it_runs_the_worker_with_the_prefork_pool(services):
     assert argv[argv.index("--pool") + 1] == "prefork"
 
 
+def test_it_runs_flower_only_on_request_and_behind_its_login(services):
+    flower = services["flower"]
+    assert flower["profiles"] == ["monitoring"]
+    (argv,) = programs(flower["command"])
+    assert argv[:3] == ["python", "manage.py", "flower"]  # refuses to start without FLOWER_BASIC_AUTH
+    assert "FLOWER_BASIC_AUTH" in flower["environment"]
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), *argv[1:], "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_it_gates_every_dependency_on_health(services):
     for name, service in services.items():
         for dependency, rule in service.get("depends_on", {}).items():
@@ -138,7 +150,7 @@ def celery_invocations(services: dict) -> Iterator[list[str]]:
 
 def test_it_uses_only_celery_subcommands_and_options_that_exist(services):
     invocations = list(celery_invocations(services))
-    assert {argv[3] for argv in invocations} >= {"worker", "beat", "flower"}
+    assert {argv[3] for argv in invocations} >= {"worker", "beat"}
     for argv in invocations:
         # --help is eager but parsed last, so a misspelt option still fails.
         result = subprocess.run(

@@ -3,7 +3,9 @@
 What it does, in order: starts an embedded Redis when ``REDIS_URL`` is unset,
 migrates, publishes the job catalog, creates the admin user (printing a
 generated password once) and the default schedules, then starts the four
-processes (alertd: the alert detector) and prefixes their output.
+processes (alertd: the alert detector), and Flower when ``FLOWER_PORT`` is
+set, and prefixes their output. A Flower without ``FLOWER_BASIC_AUTH`` is
+refused before anything starts.
 
 It supervises them like a process manager (:class:`Supervisor`): a child that
 exits is logged at ERROR with its exit code and started again after a backoff
@@ -29,9 +31,10 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from scheduler.embedded_redis import redis_server_command, start_embedded_redis
+from scheduler.management.commands.flower import basic_auth_problem
 from scheduler.seeding import ensure_admin_user, seed_default_schedules
 
 logger = logging.getLogger(__name__)
@@ -187,6 +190,8 @@ class Command(BaseCommand):
             sys.exit(exit_code)
 
     def prepare(self) -> None:
+        if settings.FLOWER_PORT and (problem := basic_auth_problem(settings.FLOWER_BASIC_AUTH)):
+            raise CommandError(f"FLOWER_PORT is set but {problem}: set FLOWER_BASIC_AUTH=user:password.")
         if settings.USES_EMBEDDED_REDIS:
             self.stdout.write(f"starting embedded Redis on 127.0.0.1:{settings.EMBEDDED_REDIS_PORT}")
             data_dir = settings.VAR_DIR / "redis"
@@ -245,6 +250,8 @@ class Command(BaseCommand):
             # command: scheduler never imports alerts.
             "alertd": [python, str(settings.BASE_DIR / "manage.py"), "alertd"],
         }
+        if settings.FLOWER_PORT:  # optional: the Celery monitor, behind FLOWER_BASIC_AUTH
+            commands["flower"] = [python, str(settings.BASE_DIR / "manage.py"), "flower", "--address", host]
         for name, command in commands.items():
             self.supervisor.add(name, functools.partial(self.spawn, name, command))
 
