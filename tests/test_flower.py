@@ -17,7 +17,6 @@ from django.core.management import CommandError, call_command
 
 from jobs.dispatch import dispatch
 from scheduler.management.commands.flower import basic_auth_problem
-from settings.celery_app import app
 from tests.support.processes import ROOT, Service, free_port, http_status, port_open
 
 CREDENTIALS = "ops:s3cret"
@@ -77,8 +76,8 @@ def test_flower_lists_our_jobs_by_name_behind_basic_auth(worker, catalog, servic
         with pytest.raises(urllib.error.HTTPError):
             flower_get(f"{base}/api/tasks", "ops:wrong")
 
-        # Flower asks the workers for task events as it starts; runs dispatched
-        # before the worker heard it are not in its list, so send until one is.
+        # Workers send task events (CELERY_WORKER_SEND_TASK_EVENTS); Flower lists
+        # only those that arrive after it has subscribed, so send until one is.
         listed: dict = {}
         while not listed:
             assert time.monotonic() < deadline, f"no heartbeat listed by Flower:\n{flower.log()[-3000:]}"
@@ -94,4 +93,3 @@ def test_flower_lists_our_jobs_by_name_behind_basic_auth(worker, catalog, servic
         assert status == 200 and b"Flower" in body
     finally:
         flower.stop()
-        app.control.disable_events()  # the session's worker goes back to sending none

@@ -7,9 +7,9 @@ at least one ``user:password`` pair, then becomes Flower (``exec``: signals
 and the exit code are Flower's own). The password stays in the environment,
 which Flower reads itself, so it never shows in the process list.
 
-Flower asks the workers to send task events when it starts, so its task list
-fills with our jobs under their stable names (``heartbeat``,
-``reports.run_summary``) without a worker restart.
+Workers send task events (``CELERY_WORKER_SEND_TASK_EVENTS``), so its task
+list shows our jobs under their stable names (``heartbeat``,
+``reports.run_summary``).
 """
 
 from __future__ import annotations
