@@ -8,5 +8,7 @@ class SchedulerConfig(AppConfig):
     verbose_name = "Schedules"
 
     def ready(self) -> None:
-        from scheduler import signals  # noqa: F401  (connects change tracking)
+        from scheduler import audit, signals  # noqa: F401  (signals connects change tracking)
         from settings import checks  # noqa: F401  (registers system checks)
+
+        audit.register()  # who changed a schedule: auditlog on tasks and policies

@@ -26,6 +26,7 @@ from django_celery_beat.models import PeriodicTask
 
 from jobs.dispatch import Delivery, dispatch
 from jobs.models import JobRun, RunOrigin
+from scheduler import audit
 from scheduler.beat.entries import EntryFactory, job_defaults, orm_rows
 from scheduler.changes import record_changes
 from scheduler.validation import validate_periodic_task
@@ -45,9 +46,12 @@ def update_schedules(queryset: QuerySet[PeriodicTask], **fields: Any) -> int:
             "job and arguments are validated"
         )
     with transaction.atomic():
-        ids = list(queryset.select_for_update().values_list("pk", flat=True))
+        # The old values, read under the lock, for the audit (who changed what from what).
+        before = {row.pop("pk"): row for row in queryset.select_for_update().values("pk", *fields)}
+        ids = list(before)
         updated = PeriodicTask.objects.filter(pk__in=ids).update(**fields)
         record_changes(ids)
+        audit.record_bulk_edit(before, fields)
     return updated
 
 
@@ -106,6 +110,8 @@ def _set_enabled(queryset: QuerySet[PeriodicTask], wanted: bool | None) -> Enabl
         PeriodicTask.objects.filter(pk__in=to_enable).update(enabled=True)
         PeriodicTask.objects.filter(pk__in=to_disable).update(enabled=False)
         record_changes([*to_enable, *to_disable])
+        audit.record_bulk_edit({pk: {"enabled": False} for pk in to_enable}, {"enabled": True})
+        audit.record_bulk_edit({pk: {"enabled": True} for pk in to_disable}, {"enabled": False})
     return change
 
 

@@ -1,0 +1,238 @@
+"""Who changed a schedule, when, and what (before → after), with django-auditlog.
+
+``register()`` (called from ``SchedulerConfig.ready``) registers
+``PeriodicTask`` and ``SchedulePolicy`` with auditlog, so every ``save()`` of
+either (the admin's form and inline, a service that saves) writes a
+``LogEntry`` with auditlog's actor (set by its middleware for a request; empty
+for a command or a worker). ``record_bulk_edit`` writes the same entries for
+edits made with ``QuerySet.update()`` (``scheduler.services``), which send no
+signal. Both are beside the change log (``scheduler.changes``), not instead of
+it: the change log tells beat, the audit tells people.
+
+Guarantees and edge cases:
+
+- Bookkeeping fields nobody edits (``BOOKKEEPING``) are not tracked, so a save
+  that changes only them writes no entry. Beat's own writes (``last_slot_at``,
+  ``problem``) are ``QuerySet.update()`` calls, which auditlog never sees.
+- The crontab / interval / clocked / solar foreign keys are stored as what
+  they mean (``"0 9 * * 1-5 Europe/Berlin"``, ``"every 5 minutes"``,
+  ``"once at 2026-12-01 09:00:00 UTC"``), read when the entry is written, so
+  the history stays true after the row is edited or deleted. auditlog's own
+  option for that (``AUDITLOG_USE_FK_STRING_REPRESENTATION``) is global and
+  would use django-celery-beat's ``str()`` (``"0 9 * * 1-5 (m/h/dM/MY/d)
+  Europe/Berlin"``); a ``pre_save`` hook on ``LogEntry`` rewrites only ours.
+- Values are strings in auditlog's own format (``str()``; a datetime as naive
+  UTC; ``"None"`` for empty), whichever path wrote them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from auditlog.cid import get_cid
+from auditlog.context import auditlog_disabled, auditlog_value
+from auditlog.diff import get_field_value
+from auditlog.models import LogEntry
+from auditlog.registry import auditlog
+from django.contrib.auth import get_user_model
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.db.models.signals import pre_save
+from django.utils import timezone
+from django_celery_beat.models import (
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    SolarSchedule,
+)
+
+from scheduler.models import SchedulePolicy
+
+# Written by beat, the worker or the database, never by a person: tracking them would flood the log.
+BOOKKEEPING: dict[type[models.Model], tuple[str, ...]] = {
+    PeriodicTask: ("last_run_at", "total_run_count", "date_changed"),
+    # "task" is the policy's primary key: it never changes, and the entry already names the task.
+    SchedulePolicy: ("last_slot_at", "problem", "created_at", "task"),
+}
+
+# The task's schedule rows, stored in an entry as what they mean rather than as an id.
+SCHEDULE_KEYS: dict[str, type[models.Model]] = {
+    "crontab": CrontabSchedule,
+    "interval": IntervalSchedule,
+    "clocked": ClockedSchedule,
+    "solar": SolarSchedule,
+}
+
+EMPTY = "None"  # how auditlog stores an empty value
+
+
+def register() -> None:
+    """Track ``PeriodicTask`` and ``SchedulePolicy`` with auditlog; idempotent."""
+    for model, excluded in BOOKKEEPING.items():
+        if not auditlog.contains(model):
+            auditlog.register(model, include_fields=tracked_fields(model), exclude_fields=list(excluded))
+    pre_save.connect(_readable_schedule_keys, sender=LogEntry, dispatch_uid="scheduler.audit.readable_keys")
+
+
+def tracked_fields(model: type[models.Model]) -> list[str]:
+    """The columns a person edits: not the key, not bookkeeping, not reverse relations (``runs``)."""
+    excluded = BOOKKEEPING[model]
+    return [f.name for f in model._meta.concrete_fields if not f.primary_key and f.name not in excluded]
+
+
+def describe_schedule_row(model: type[models.Model], row: models.Model) -> str:
+    """A crontab / interval / clocked / solar row as a person reads it, time zone included."""
+    if isinstance(row, CrontabSchedule):
+        expression = " ".join(
+            str(part) for part in (row.minute, row.hour, row.day_of_month, row.month_of_year, row.day_of_week)
+        )
+        return f"{expression} {row.timezone}"
+    if isinstance(row, IntervalSchedule):
+        return f"every {row.every} {row.period}"  # django-celery-beat's periods are plural words
+    if isinstance(row, ClockedSchedule):
+        when = row.clocked_time
+        if timezone.is_aware(when):
+            when = when.astimezone(UTC)
+        return f"once at {when:%Y-%m-%d %H:%M:%S} UTC"
+    return str(row)
+
+
+def schedule_key_texts(values: Iterable[tuple[str, object]]) -> dict[tuple[str, str], str]:
+    """What each (schedule key, stored id) pair means, one query per kind of key.
+
+    An id whose row is gone reads ``"<kind> #12 (deleted)"``. Pairs that are
+    not a schedule key with an id (``"None"``, text already) are left out.
+    """
+    wanted: dict[str, set[int]] = {}
+    for name, value in values:
+        text = str(value)
+        if name in SCHEDULE_KEYS and text.isdigit():
+            wanted.setdefault(name, set()).add(int(text))
+    texts: dict[tuple[str, str], str] = {}
+    for name, ids in wanted.items():
+        model = SCHEDULE_KEYS[name]
+        found = {
+            row.pk: describe_schedule_row(model, row) for row in model._default_manager.filter(pk__in=ids)
+        }
+        for pk in ids:
+            texts[(name, str(pk))] = found.get(pk, f"{name} #{pk} (deleted)")
+    return texts
+
+
+def readable_changes(changes: Iterable[dict[str, list[str]]]) -> None:
+    """Replace, in place, the schedule keys' ids in task entries' changes with what they mean."""
+    changes = list(changes)
+    texts = schedule_key_texts(
+        (name, value) for change in changes for name, pair in change.items() for value in pair
+    )
+    if not texts:
+        return
+    for change in changes:
+        for name, pair in change.items():
+            change[name] = [texts.get((name, str(value)), value) for value in pair]
+
+
+def _readable_schedule_keys(sender, instance: LogEntry, raw: bool = False, **kwargs) -> None:
+    """Before a task's entry is written: its schedule keys as words, not ids (see the module doc)."""
+    changes = instance.changes
+    if raw or not isinstance(changes, dict) or not (SCHEDULE_KEYS.keys() & changes.keys()):
+        return
+    if instance.content_type_id != ContentType.objects.get_for_model(PeriodicTask).pk:
+        return
+    changes = {name: list(pair) for name, pair in changes.items()}
+    readable_changes([changes])
+    instance.changes = changes
+
+
+def _logged_value(model: type[models.Model], field: models.Field, value: object) -> str:
+    """``value`` as auditlog's diff would store it for ``field`` (its own formatting, not a second one)."""
+    if isinstance(value, models.Model):
+        value = value.pk
+    if isinstance(value, datetime) and timezone.is_naive(value):
+        value = timezone.make_aware(value, UTC)
+    instance = model()
+    setattr(instance, field.attname, value)
+    return str(get_field_value(instance, field))
+
+
+def _tracked_by_name(model: type[models.Model], names: Iterable[str]) -> dict[str, models.Field]:
+    """The tracked fields of ``model`` among ``names`` (a field name or its ``_id`` column), by name."""
+    tracked = {}
+    for field in model._meta.concrete_fields:
+        if field.name in tracked_fields(model):
+            tracked[field.name] = tracked[field.attname] = field
+    return {name: tracked[name] for name in names if name in tracked}
+
+
+def _actor_context() -> dict[str, Any]:
+    """The actor, address and port auditlog's middleware set for this request (empty outside one)."""
+    try:
+        context = auditlog_value.get()
+    except LookupError:
+        return {}
+    actor = context.get("actor")
+    fields: dict[str, Any] = {
+        "remote_addr": context.get("remote_addr"),
+        "remote_port": context.get("remote_port"),
+    }
+    if isinstance(actor, get_user_model()):
+        fields["actor"] = actor
+        fields["actor_email"] = getattr(actor, "email", None)
+    return fields
+
+
+def record_bulk_edit(task_ids_before: dict[int, dict[str, object]], after: dict[str, object]) -> None:
+    """One UPDATE ``LogEntry`` per schedule and model for an edit made with ``QuerySet.update()``.
+
+    ``task_ids_before`` maps each task id to the old values of the fields the
+    edit set, ``after`` holds the new values (the same for every task). A
+    field name may be a ``PeriodicTask`` field (``enabled``) or a
+    ``SchedulePolicy`` field (``paused_at``, ``pause_note``): each model gets
+    its own entry, under the same object id (the policy's key is the task's),
+    so the schedule's history shows both. Fields whose value did not change,
+    bookkeeping fields and unknown names are left out; a task with nothing
+    left gets no entry. Call it in the edit's transaction: a rolled-back edit
+    leaves no entry. The actor is auditlog's (its middleware, for a request);
+    nothing is written while auditlog is disabled (``disable_auditlog``).
+    """
+    if not task_ids_before or auditlog_disabled.get():
+        return
+    names = dict(PeriodicTask.objects.filter(pk__in=list(task_ids_before)).values_list("pk", "name"))
+    context = _actor_context()
+    cid = get_cid()
+    now = timezone.now()
+    entries = []
+    for model in BOOKKEEPING:
+        fields = _tracked_by_name(model, after)
+        if not fields:
+            continue
+        new = {field.name: _logged_value(model, field, after[name]) for name, field in fields.items()}
+        content_type = ContentType.objects.get_for_model(model)
+        for task_id, before in task_ids_before.items():
+            old = {
+                field.name: _logged_value(model, field, before[name])
+                for name, field in fields.items()
+                if name in before
+            }
+            changed = {name: [old[name], new[name]] for name in old if old[name] != new[name]}
+            if not changed:
+                continue
+            entries.append(
+                LogEntry(
+                    content_type=content_type,
+                    object_pk=str(task_id),
+                    object_id=task_id,
+                    object_repr=names.get(task_id, f"schedule #{task_id}"),
+                    action=LogEntry.Action.UPDATE,
+                    changes=changed,
+                    cid=cid,
+                    timestamp=now,
+                    **context,
+                )
+            )
+    # bulk_create sends no pre_save: the actor is set above, the readable keys here.
+    readable_changes(entry.changes for entry in entries if entry.content_type.model_class() is PeriodicTask)
+    LogEntry.objects.bulk_create(entries, batch_size=1000)
