@@ -23,7 +23,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from cron_descriptor import ExpressionDescriptor, FormatException, Options
+from cron_descriptor import ExpressionDescriptor, FormatException, Options  # type: ignore[import-untyped]
 from django.core.exceptions import ObjectDoesNotExist
 from django_celery_beat.models import PeriodicTask
 
