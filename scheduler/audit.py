@@ -29,14 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
 
 from auditlog.cid import get_cid
-from auditlog.context import auditlog_disabled, auditlog_value
+from auditlog.context import auditlog_disabled
 from auditlog.diff import get_field_value
 from auditlog.models import LogEntry
 from auditlog.registry import auditlog
-from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models.signals import pre_save
@@ -167,23 +165,6 @@ def _tracked_by_name(model: type[models.Model], names: Iterable[str]) -> dict[st
     return {name: tracked[name] for name in names if name in tracked}
 
 
-def _actor_context() -> dict[str, Any]:
-    """The actor, address and port auditlog's middleware set for this request (empty outside one)."""
-    try:
-        context = auditlog_value.get()
-    except LookupError:
-        return {}
-    actor = context.get("actor")
-    fields: dict[str, Any] = {
-        "remote_addr": context.get("remote_addr"),
-        "remote_port": context.get("remote_port"),
-    }
-    if isinstance(actor, get_user_model()):
-        fields["actor"] = actor
-        fields["actor_email"] = getattr(actor, "email", None)
-    return fields
-
-
 def record_bulk_edit(task_ids_before: dict[int, dict[str, object]], after: dict[str, object]) -> None:
     """One UPDATE ``LogEntry`` per schedule and model for an edit made with ``QuerySet.update()``.
 
@@ -201,7 +182,6 @@ def record_bulk_edit(task_ids_before: dict[int, dict[str, object]], after: dict[
     if not task_ids_before or auditlog_disabled.get():
         return
     names = dict(PeriodicTask.objects.filter(pk__in=list(task_ids_before)).values_list("pk", "name"))
-    context = _actor_context()
     cid = get_cid()
     now = timezone.now()
     entries = []
@@ -230,9 +210,14 @@ def record_bulk_edit(task_ids_before: dict[int, dict[str, object]], after: dict[
                     changes=changed,
                     cid=cid,
                     timestamp=now,
-                    **context,
                 )
             )
-    # bulk_create sends no pre_save: the actor is set above, the readable keys here.
     readable_changes(entry.changes for entry in entries if entry.content_type.model_class() is PeriodicTask)
+    # bulk_create sends no pre_save, which is how auditlog gives an entry its actor, address and
+    # port (a receiver connected only while its middleware's context is open: reading its context
+    # variable directly would find the last request's user after the request ended). Sent here.
+    for entry in entries:
+        pre_save.send(
+            sender=LogEntry, instance=entry, raw=False, using=LogEntry.objects.db, update_fields=None
+        )
     LogEntry.objects.bulk_create(entries, batch_size=1000)
