@@ -4,9 +4,12 @@
     .venv/bin/python bench/admin_pages.py --schedules 10000 --runs 100000
     .venv/bin/python bench/admin_pages.py --append                 # add the section to bench/results.md
 
-Database ``bench_admin_pages`` (created, migrated, dropped unless
-``--keep-db``): ``bench/seed.py``'s schedules and ``--runs`` finished runs
-over the last 7 days (0.2 % failed), analysed.
+Database ``bench_admin_pages`` (``--db``; created, migrated, dropped unless
+``--keep-db``; ``--seed-only`` then ``--reuse-db`` measure one seeding many
+times): ``bench/seed.py``'s schedules and ``--runs`` finished runs over the
+last 7 days (0.2 % failed), ``--runs`` / 500 running ones in the last 5
+minutes, 1 % of the schedules paused (half of them until tomorrow), 0.1 %
+with a problem, analysed.
 
 Each page is rendered in this process by its ``ModelAdmin`` view (a
 ``RequestFactory`` request from a superuser, the template rendered), so the
@@ -35,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench.common import (  # noqa: E402
     PYTHON,
+    admin_connection,
     append_results,
     bench_env,
     create_database,
@@ -58,8 +62,38 @@ def seed(schedules: int, runs: int) -> int:
     step = 200_000
     for start in range(0, runs, step):
         insert_runs(min(step, runs - start), now - timedelta(days=7), now, schedules, failed_share=0.002)
+    # What the list's filters look for, in the shares a large platform might have:
+    # runs still going, paused schedules (some with an end time) and problems.
+    insert_runs(max(1, runs // 500), now - timedelta(minutes=5), now, schedules, status="running")
     with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE scheduler_schedulepolicy SET paused_at = %s, pause_note = 'bench: paused', "
+            "paused_until = CASE WHEN task_id %% 2 = 0 THEN %s::timestamptz END WHERE task_id %% 100 = 7",
+            [now - timedelta(hours=1), now + timedelta(days=1)],
+        )
+        cursor.execute(
+            "UPDATE scheduler_schedulepolicy SET problem = 'bench: no live worker serves queue bench_idle' "
+            "WHERE task_id % 1000 = 3"
+        )
         cursor.execute("ANALYZE")
+        cursor.execute("SELECT count(*) FROM jobs_jobrun")
+        return cursor.fetchone()[0]
+
+
+def database_exists(name: str) -> bool:
+    with admin_connection() as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+
+
+def seeded_runs(schedules: int) -> int:
+    """The runs of a database seeded before; refuses one seeded at another number of schedules."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM django_celery_beat_periodictask")
+        found = cursor.fetchone()[0]
+        if found != schedules:
+            raise SystemExit(f"--reuse-db: the database holds {found:,} schedules, not {schedules:,}")
         cursor.execute("SELECT count(*) FROM jobs_jobrun")
         return cursor.fetchone()[0]
 
@@ -124,12 +158,25 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--append", action="store_true", help="append the section to bench/results.md")
+    parser.add_argument("--db", default=DB, help=f"the PostgreSQL database (default {DB})")
     parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument(
+        "--reuse-db",
+        action="store_true",
+        help="measure what a previous --keep-db run seeded at these sizes (migrated again, not re-seeded)",
+    )
+    parser.add_argument(
+        "--seed-only", action="store_true", help="seed and keep the database, measure nothing"
+    )
     options = parser.parse_args()
+    if options.seed_only:
+        options.keep_db = True
     started = time.monotonic()
-    create_database(DB)
-    run_checked([PYTHON, "manage.py", "migrate", "-v0"], bench_env(DB), "migrate", 300)
-    setup_django(DB)
+    reuse = options.reuse_db and database_exists(options.db)
+    if not reuse:
+        create_database(options.db)
+    run_checked([PYTHON, "manage.py", "migrate", "-v0"], bench_env(options.db), "migrate", 300)
+    setup_django(options.db)
     from django.conf import settings
     from django.contrib import admin
     from django.contrib.auth import get_user_model
@@ -139,8 +186,12 @@ def main() -> int:
 
     settings.ALLOWED_HOSTS.append("testserver")
     try:
-        runs = seed(options.schedules, options.runs)
-        user = get_user_model().objects.create_superuser("bench", "bench@example.com", "unused")
+        runs = seeded_runs(options.schedules) if reuse else seed(options.schedules, options.runs)
+        if options.seed_only:
+            print(f"seeded {options.schedules:,} schedules and {runs:,} runs in {options.db}")
+            return 0
+        user = get_user_model().objects.filter(username="bench").first()
+        user = user or get_user_model().objects.create_superuser("bench", "bench@example.com", "unused")
         schedule_id = str(
             PeriodicTask.objects.order_by("id").values_list("id", flat=True)[options.schedules // 2]
         )
@@ -176,7 +227,7 @@ def main() -> int:
 
         connections.close_all()
         if not options.keep_db:
-            drop_database(DB)
+            drop_database(options.db)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [

@@ -1,7 +1,16 @@
-"""Run history, the job catalog and reports in the admin (all read-only)."""
+"""Run history, the job catalog and reports in the admin (all read-only).
+
+A run's page adds what someone debugging it needs (``run_page_context``):
+the error, the traceback as it was printed, what the run records of its
+attempts, where to find its Sentry event, and a place for progress.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
@@ -9,8 +18,8 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from jobs.admin_lists import BoundedCountPaginator, JobFilter, ScheduleFilter
-from jobs.models import JobDefinition, JobRun, RunSummaryReport
+from jobs.admin_lists import BoundedCountPaginator, JobFilter, ScheduleFilter, format_duration, format_utc
+from jobs.models import ACTIVE_STATUSES, JobDefinition, JobRun, RunStatus, RunSummaryReport
 from jobs.reports import render_csv, render_html
 
 
@@ -20,6 +29,57 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """What a run records of its attempts: one row per run, so only the latest attempt in full.
+
+    ``number``: attempts started (0: never started); ``allowed``: the job's
+    retries + 1, from the catalog (``None``: the job is not in it). The
+    error fields hold the last attempt that failed: for a run that retried
+    and then succeeded, the failed attempt's error (its message ends with
+    "(retry at …)"); earlier attempts' own errors, workers and times are not
+    kept.
+    """
+
+    number: int
+    allowed: int | None
+    worker: str
+    started: str
+    earlier: int  # attempts before the latest, whose records were overwritten
+
+
+def run_attempts(run: JobRun) -> Attempts:
+    retries = JobDefinition.objects.filter(name=run.job).values_list("max_retries", flat=True).first()
+    return Attempts(
+        number=run.attempt,
+        allowed=None if retries is None else retries + 1,
+        worker=run.worker,
+        started=format_utc(run.started_at),
+        earlier=max(0, run.attempt - 1),
+    )
+
+
+def run_page_context(run: JobRun) -> dict[str, Any]:
+    """The run page's sections (template ``admin/jobs/jobrun/change_form.html``).
+
+    Sentry: a run records no event id (``jobs.framework.report_to_sentry``
+    tags the event with the run's id instead), so the page links no event; it
+    says how to find it when Sentry is on (``SENTRY_DSN``). Progress: runs
+    record none yet, so a running run shows that its job reports none.
+    """
+    return {
+        "run": run,
+        "run_error": f"{run.error_type}: {run.error_message}" if run.error_type else run.error_message,
+        "run_traceback": run.traceback,
+        "run_attempts": run_attempts(run),
+        "run_duration": format_duration(run.duration_ms),
+        "run_is_active": run.status in ACTIVE_STATUSES,
+        "run_is_running": run.status == RunStatus.RUNNING,
+        "sentry_enabled": bool(settings.SENTRY_DSN),
+        "sentry_failed": run.status not in ACTIVE_STATUSES and bool(run.error_type),
+    }
 
 
 @admin.register(JobRun)
@@ -74,8 +134,15 @@ class JobRunAdmin(ReadOnlyAdmin):
             "Execution",
             {"fields": ("queue", "soft_time_limit", "hard_time_limit", "worker", "args", "kwargs")},
         ),
-        ("Outcome", {"fields": ("result", "error_type", "error_message", "traceback")}),
+        # The error and traceback are the page's own section (run_page_context), preformatted.
+        ("Outcome", {"fields": ("result",)}),
     )
+    change_form_template = "admin/jobs/jobrun/change_form.html"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        run = self.get_object(request, object_id)
+        extra = run_page_context(run) if run is not None else {}
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
 
 
 @admin.register(JobDefinition)
