@@ -11,24 +11,30 @@ leader applies it on its next read of the change log (within a second).
   admin's actions; enabling validates each schedule first.
 - ``run_schedules_now``: one run of each schedule now, through the one
   dispatch path (``jobs.dispatch.dispatch``) with the schedule's policy.
+- ``pause_schedules`` / ``resume_schedules``: a pause with a note and an
+  optional end (beat claims the paused slots as ``skipped`` with the note).
+- ``duplicate_schedule``: a disabled copy under a free name.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from jobs.dispatch import Delivery, dispatch
 from jobs.models import JobRun, RunOrigin
 from scheduler import audit
-from scheduler.beat.entries import EntryFactory, job_defaults, orm_rows
+from scheduler.beat.entries import EntryFactory, ensure_policies, job_defaults, orm_rows
 from scheduler.changes import record_changes
+from scheduler.models import SchedulePolicy, new_slug
 from scheduler.validation import validate_periodic_task
 
 
@@ -188,3 +194,146 @@ def run_schedules_now(queryset: QuerySet[PeriodicTask], requested_by: str) -> Ru
             continue
         (result.outbox if run.delivery == Delivery.OUTBOX else result.sent).append(run)
     return result
+
+
+PAUSE_FIELDS = ("paused_at", "paused_until", "pause_note", "paused_by")
+PAUSE_NOTE_MAX = SchedulePolicy._meta.get_field("pause_note").max_length or 500
+
+
+def paused_now(now: datetime | None = None) -> Q:
+    """``SchedulePolicy`` rows paused at ``now``: paused, and with no end or an end still to come."""
+    return Q(paused_at__isnull=False) & (
+        Q(paused_until__isnull=True) | Q(paused_until__gt=now or timezone.now())
+    )
+
+
+def validate_pause(note: str, until: datetime | None, now: datetime | None = None) -> str:
+    """The pause's note, stripped; ``ValidationError`` (by field: note, until) when it cannot be applied.
+
+    A pause needs a note (whoever finds the schedule paused must learn why),
+    of at most ``PAUSE_NOTE_MAX`` characters; an end time must be aware and in
+    the future (one in the past would resume at once, which is a mistake).
+    """
+    errors: dict[str, str] = {}
+    note = (note or "").strip()
+    if not note:
+        errors["note"] = "A pause needs a note: say why it is paused (e.g. “deploy freeze”)."
+    elif len(note) > PAUSE_NOTE_MAX:
+        errors["note"] = f"The note is {len(note)} characters long; at most {PAUSE_NOTE_MAX}."
+    if until is not None:
+        if timezone.is_naive(until):
+            errors["until"] = "The end time needs a time zone."
+        elif until <= (now or timezone.now()):
+            errors["until"] = (
+                f"The end time {until.isoformat()} is in the past; leave it empty to pause until resumed."
+            )
+    if errors:
+        raise ValidationError(errors)
+    return note
+
+
+def _set_pause(queryset: QuerySet[PeriodicTask], values: dict[str, Any], only_paused: bool) -> list[str]:
+    """Write ``values`` on the selected schedules' policies, with the change log and the audit; their names.
+
+    One transaction: the policies are locked in id order, their old values
+    read under the lock for the audit, then one UPDATE, one change-log row per
+    schedule (beat applies it within a second) and the audit record.
+    """
+    with transaction.atomic():
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True))
+        ensure_policies(task_ids=ids)  # legacy rows without a policy get one to pause
+        policies = SchedulePolicy.objects.filter(task_id__in=ids).order_by("task_id").select_for_update()
+        if only_paused:
+            policies = policies.filter(paused_at__isnull=False)
+        before = {
+            row["task_id"]: {f: row[f] for f in PAUSE_FIELDS}
+            for row in policies.values("task_id", *PAUSE_FIELDS)
+        }
+        changed = list(before)
+        SchedulePolicy.objects.filter(task_id__in=changed).update(**values)
+        record_changes(changed)
+        if changed:
+            audit.record_bulk_edit(before, values)
+        names = dict(PeriodicTask.objects.filter(pk__in=changed).values_list("pk", "name"))
+    return [names[pk] for pk in changed]
+
+
+def pause_schedules(
+    queryset: QuerySet[PeriodicTask], note: str, until: datetime | None, paused_by: str
+) -> list[str]:
+    """Pause the selected schedules until ``until`` (None: until resumed); return their names.
+
+    Raises ``ValidationError`` (``validate_pause``) and changes nothing when
+    the note is missing or ``until`` is past. Pausing a paused schedule
+    replaces its note and end. While paused, beat claims each slot as a
+    ``skipped`` run whose message names who paused it, until when and why; at
+    ``until`` it runs again by itself, and paused slots are never caught up.
+    """
+    now = timezone.now()
+    note = validate_pause(note, until, now)
+    values = {"paused_at": now, "paused_until": until, "pause_note": note, "paused_by": paused_by[:150]}
+    return _set_pause(queryset, values, only_paused=False)
+
+
+def resume_schedules(queryset: QuerySet[PeriodicTask]) -> list[str]:
+    """Resume the selected paused schedules (those not paused are left alone); return their names.
+
+    Their next slot runs; the slots skipped while paused are not caught up.
+    """
+    values = {"paused_at": None, "paused_until": None, "pause_note": "", "paused_by": ""}
+    return _set_pause(queryset, values, only_paused=True)
+
+
+def copy_name(name: str) -> str:
+    """``name`` with " (copy)", or " (copy N)" with the first N not taken (names are unique)."""
+    max_length = PeriodicTask._meta.get_field("name").max_length or 200
+    taken = set(
+        PeriodicTask.objects.filter(name__startswith=f"{name[: max_length - 20]} (copy").values_list(
+            "name", flat=True
+        )
+    )
+    number = 1
+    while True:
+        suffix = " (copy)" if number == 1 else f" (copy {number})"
+        candidate = name[: max_length - len(suffix)] + suffix
+        if candidate not in taken:
+            return candidate
+        number += 1
+
+
+# Policy columns a copy does not take: its own key, beat's progress, the pause and problem of the original.
+_NOT_COPIED = {"task", "slug", "last_slot_at", "problem", "created_at", *PAUSE_FIELDS}
+
+
+def duplicate_schedule(task: PeriodicTask) -> PeriodicTask:
+    """A disabled copy of ``task`` named ``copy_name``: same job, arguments, schedule row and policy.
+
+    Disabled, so it does not fire beside the original until someone enables
+    it (enabling validates it). It shares the crontab/interval row (rows are
+    shared, never duplicated); its policy gets a new slug (its own Sentry
+    monitor) and no pause, problem or progress. Saved through the ORM, so the
+    signals validate it and record it in the change log.
+    """
+    with transaction.atomic():
+        original = PeriodicTask.objects.select_for_update().get(pk=task.pk)
+        source = SchedulePolicy.objects.filter(task=original).first()
+        copy = PeriodicTask.objects.get(pk=original.pk)
+        copy.pk = copy.id = None
+        copy._state.adding = True
+        copy.name = copy_name(original.name)
+        copy.enabled = False
+        copy.last_run_at = None
+        copy.total_run_count = 0
+        copy.save()
+        if source is not None:
+            fields = {
+                f.attname: getattr(source, f.attname)
+                for f in SchedulePolicy._meta.concrete_fields
+                if f.name not in _NOT_COPIED
+            }
+            policy, _ = SchedulePolicy.objects.get_or_create(task=copy)
+            for name, value in fields.items():
+                setattr(policy, name, value)
+            policy.slug = new_slug()
+            policy.save()
+    return copy

@@ -16,6 +16,7 @@ import pytest
 import time_machine
 from django.contrib.auth.models import Permission
 from django.db import connection
+from django.urls import reverse
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from jobs.dispatch import dispatch
@@ -293,3 +294,202 @@ def test_a_user_who_may_only_view_schedules_cannot_run_or_disable_them(client, e
 
     assert PeriodicTask.objects.get(pk=task.pk).enabled
     assert not JobRun.objects.exists()
+
+
+# --- pause, resume, duplicate, and the schedule page's buttons ----------------------------
+
+
+def page_url(task: PeriodicTask, button: str = "change") -> str:
+    return reverse(f"admin:django_celery_beat_periodictask_{button}", args=[task.pk])
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+def staff(django_user_model, name: str, *codenames: str):
+    user = django_user_model.objects.create_user(name, is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_periodictask", *codenames]))
+    return user
+
+
+def test_pause_asks_for_a_note_on_a_page_carrying_the_selected_ids(client, engine):
+    a, b = every_10_seconds("a"), every_10_seconds("b")
+
+    response = client.post(
+        CHANGELIST, {"action": "pause_tasks", "_selected_action": [a.pk, b.pk], "index": 0}
+    )
+
+    assert response.status_code == 200
+    assert [t.name for t in response.templates][0] == "admin/scheduler/pause_schedules.html"
+    html = response.content.decode()
+    assert 'name="csrfmiddlewaretoken"' in html
+    assert (
+        f'name="_selected_action" value="{a.pk}"' in html
+        and f'name="_selected_action" value="{b.pk}"' in html
+    )
+    assert not SchedulePolicy.objects.filter(paused_at__isnull=False).exists()
+
+
+@pytest.mark.parametrize(
+    ("note", "until", "error"),
+    [
+        ("", "", "A pause needs a note"),
+        ("deploy freeze", "2020-01-01T10:00", "is in the past"),
+        ("deploy freeze", "tomorrow", "Enter a valid date/time."),
+    ],
+)
+def test_an_invalid_pause_shows_the_page_again_with_the_error_and_pauses_nothing(
+    client, engine, note, until, error
+):
+    task = every_10_seconds("a")
+    changes = ScheduleChange.objects.count()
+
+    response = client.post(
+        CHANGELIST,
+        {
+            "action": "pause_tasks",
+            "_selected_action": [task.pk],
+            "note": note,
+            "until": until,
+            "apply": "Pause",
+        },
+    )
+
+    assert response.status_code == 200
+    assert error in response.content.decode()
+    assert f'name="_selected_action" value="{task.pk}"' in response.content.decode()
+    assert SchedulePolicy.objects.get(task=task).paused_at is None
+    assert ScheduleChange.objects.count() == changes
+
+
+def test_a_paused_schedule_is_skipped_with_the_note_then_resumed_from_the_list(client, engine, redis_client):
+    task = every_10_seconds("every 10 s")
+    engine.load(now=T0)
+    until = T0 + timedelta(days=1)
+
+    with time_machine.travel(T0 + timedelta(seconds=5), tick=False):  # beat's clock, not the wall's
+        response = client.post(
+            CHANGELIST,
+            {
+                "action": "pause_tasks",
+                "_selected_action": [task.pk],
+                "note": "deploy freeze",
+                "until": until.strftime("%Y-%m-%dT%H:%M"),
+                "apply": "Pause",
+            },
+            follow=True,
+        )
+    engine.tick(now=T0 + timedelta(seconds=10))
+
+    assert response.redirect_chain == [(CHANGELIST, 302)]
+    assert messages_of(response)[0].startswith("Paused 1 schedule: “every 10 s” until ")
+    run = JobRun.objects.get(schedule=task)
+    assert run.status == RunStatus.SKIPPED
+    assert run.error_message == f"paused by alice until {until:%Y-%m-%d %H:%M:%S} UTC: deploy freeze"
+    assert published(redis_client) == []
+
+    _, messages = post_action(client, "resume_tasks", task)
+    engine.tick(now=T0 + timedelta(seconds=20))
+
+    assert messages[0].startswith("Resumed 1 schedule: “every 10 s”")
+    assert sorted(claimed(task)) == [T0 + timedelta(seconds=10), T0 + timedelta(seconds=20)]
+    assert (
+        JobRun.objects.get(schedule=task, scheduled_for=T0 + timedelta(seconds=20)).status == RunStatus.QUEUED
+    )
+
+
+def test_duplicate_makes_a_disabled_copy_and_links_to_it(client, engine):
+    task = every_10_seconds("nightly", overlap="skip")
+    PeriodicTask.objects.create(name="nightly (copy)", task="heartbeat", interval=task.interval)
+
+    response, messages = post_action(client, "duplicate_tasks", task)
+
+    copy = PeriodicTask.objects.get(name="nightly (copy 2)")
+    assert not copy.enabled and (copy.task, copy.interval_id, copy.args) == (
+        task.task,
+        task.interval_id,
+        task.args,
+    )
+    assert SchedulePolicy.objects.get(task=copy).overlap == "skip"
+    assert ScheduleChange.objects.filter(task_id=copy.pk).exists()
+    assert messages == [
+        "Created a copy (disabled, so it does not fire twice): "
+        f'<a href="{page_url(copy)}">“nightly (copy 2)”</a>. Enable it when ready.'
+    ]
+
+
+def test_the_schedule_page_offers_its_buttons_and_they_act(client, engine):
+    task = every_10_seconds("every 10 s")
+
+    page = client.get(page_url(task)).content.decode()
+    for button in ("run", "pause", "duplicate"):
+        assert f'action="{page_url(task, button)}"' in page
+    assert page_url(task, "resume") not in page
+
+    response = client.post(page_url(task, "run"), follow=True)
+    assert response.redirect_chain == [(page_url(task), 302)]
+    run = JobRun.objects.get(schedule=task)
+    assert (run.origin, run.requested_by) == (RunOrigin.MANUAL, "alice")
+
+    form = client.post(page_url(task, "pause"))  # the button: the pause page for this one schedule
+    assert form.status_code == 200 and f'action="{page_url(task, "pause")}"' in form.content.decode()
+    response = client.post(page_url(task, "pause"), {"note": "db migration", "until": "", "apply": "Pause"})
+    assert response.status_code == 302
+    assert SchedulePolicy.objects.get(task=task).pause_note == "db migration"
+    assert page_url(task, "resume") in client.get(page_url(task)).content.decode()
+
+    client.post(page_url(task, "resume"))
+    assert SchedulePolicy.objects.get(task=task).paused_at is None
+
+    response = client.post(page_url(task, "duplicate"))
+    copy = PeriodicTask.objects.get(name="every 10 s (copy)")
+    assert response["Location"] == page_url(copy)
+
+
+def test_buttons_answer_only_post(client, engine):
+    task = every_10_seconds("a")
+    for button in ("run", "pause", "resume", "duplicate"):
+        assert client.get(page_url(task, button)).status_code == 405
+    assert not JobRun.objects.exists()
+
+
+def test_staff_without_the_permission_see_no_action_or_button_and_a_post_is_refused(
+    client, engine, django_user_model
+):
+    task = every_10_seconds("a")
+    client.force_login(staff(django_user_model, "bob", "change_periodictask"))
+
+    page = client.get(page_url(task)).content.decode()
+    listing = client.get(CHANGELIST).content.decode()
+    for button in ("run", "pause", "resume"):
+        assert page_url(task, button) not in page
+        assert client.post(page_url(task, button), {"note": "x", "apply": "Pause"}).status_code == 403
+    assert page_url(task, "duplicate") in page  # change permission: duplicate stays
+    for action in ("run_tasks", "pause_tasks", "resume_tasks"):
+        assert f'value="{action}"' not in listing
+        client.post(CHANGELIST, {"action": action, "_selected_action": [task.pk], "index": 0})
+    assert 'value="duplicate_tasks"' in listing
+    assert not JobRun.objects.exists()
+    assert SchedulePolicy.objects.get(task=task).paused_at is None
+
+    client.force_login(staff(django_user_model, "carol"))  # view only
+    assert client.post(page_url(task, "duplicate")).status_code == 403
+    assert PeriodicTask.objects.count() == 1
+
+
+def test_the_run_and_pause_permissions_each_allow_only_their_own_buttons(client, engine, django_user_model):
+    task = every_10_seconds("a")
+    client.force_login(staff(django_user_model, "runner", "run_schedule"))
+    page = client.get(page_url(task)).content.decode()
+    assert page_url(task, "run") in page and page_url(task, "pause") not in page
+    assert page_url(task, "duplicate") not in page
+    assert client.post(page_url(task, "run")).status_code == 302
+    assert JobRun.objects.get(schedule=task).requested_by == "runner"
+
+    client.force_login(staff(django_user_model, "pauser", "pause_schedule"))
+    page = client.get(page_url(task)).content.decode()
+    assert page_url(task, "pause") in page and page_url(task, "run") not in page
+    assert client.post(page_url(task, "run")).status_code == 403
+    client.post(page_url(task, "pause"), {"note": "freeze", "apply": "Pause"})
+    assert SchedulePolicy.objects.get(task=task).paused_by == "pauser"

@@ -10,7 +10,8 @@ Guarantees:
 - **State advances with the claim.** Each schedule's ``last_slot_at`` is
   written in that transaction, so a restarted beat resumes after it.
 - **No holes.** Slots that will not run are claimed too, as ``missed`` (catch-up
-  policy) or ``skipped`` (overlap policy).
+  policy) or ``skipped`` (overlap policy, or the schedule is paused: the run
+  carries the pause's note).
 - **Publish after commit, through the outbox.** The claim also writes one
   ``OutboxBatch`` row naming the runs to publish; the caller publishes after
   commit and deletes it (``jobs.publishing.send_batch``). A batch left behind by
@@ -44,13 +45,14 @@ logger = logging.getLogger(__name__)
 
 RUN = "run"
 MISSED = "missed"
+SKIPPED = "skipped"  # the schedule is paused: recorded with its pause's note, never run
 
 
 @dataclass(slots=True)
 class PlannedSlot:
     entry: Entry
     slot: datetime
-    outcome: str = RUN  # RUN or MISSED
+    outcome: str = RUN  # RUN, MISSED or SKIPPED
     reason: str = ""
 
 
@@ -232,6 +234,8 @@ def claim_slots(
         for p in planned:
             if p.outcome == MISSED:
                 runs.append(_run_for(p, RunStatus.MISSED, now, p.reason))
+            elif p.outcome == SKIPPED:
+                runs.append(_run_for(p, RunStatus.SKIPPED, now, p.reason))
             elif p.entry.task_id in active and p.entry.live.overlap == Overlap.SKIP:
                 runs.append(
                     _run_for(p, RunStatus.SKIPPED, now, "the previous run was still queued or running")

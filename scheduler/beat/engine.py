@@ -52,16 +52,18 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from jobs.publishing import publish_outbox, send_batch
 from scheduler.beat import dispatch
-from scheduler.beat.dispatch import MISSED, RUN, Claim, PlannedSlot
+from scheduler.beat.dispatch import MISSED, RUN, SKIPPED, Claim, PlannedSlot
 from scheduler.beat.entries import (
     Entry,
     EntryFactory,
+    Pause,
     UnusableSchedule,
     enabled_id_range,
     ensure_policies,
     fetch_rows,
     fetch_rows_after,
     job_defaults,
+    pause_of,
 )
 from scheduler.beat.lease import LeaseLost
 from scheduler.beat.table import IdTable
@@ -99,13 +101,24 @@ OUTBOX_SWEEP_AGE = timedelta(seconds=30)
 ON_TIME_GRACE = timedelta(seconds=60)
 
 
-def plan_due_slots(entry: Entry, slots: list[datetime], now: datetime) -> list[PlannedSlot]:
+def plan_due_slots(
+    entry: Entry, slots: list[datetime], now: datetime, pause: Pause | None = None
+) -> list[PlannedSlot]:
     """Decide, per the catch-up policy, which due slots run and which are missed.
 
-    ``slots`` are due (≤ now), oldest first. A slot older than the starting
-    deadline is always missed. Of the rest: ``latest`` runs the newest,
-    ``all`` runs each, ``none`` runs the newest only if it is on time.
+    ``slots`` are due (≤ now), oldest first. Slots the schedule's ``pause``
+    covers are skipped with its message, whatever the catch-up policy says
+    (catch-up is for downtime, not for pauses), and play no part in choosing
+    what runs. Of the rest, a slot older than the starting deadline is always
+    missed; ``latest`` runs the newest, ``all`` runs each, ``none`` runs the
+    newest only if it is on time.
     """
+    if pause is not None:
+        skipped = [PlannedSlot(entry, s, SKIPPED, pause.message) for s in slots if pause.covers(s, now)]
+        if skipped:
+            rest = [s for s in slots if not pause.covers(s, now)]
+            planned = [*skipped, *plan_due_slots(entry, rest, now)] if rest else skipped
+            return sorted(planned, key=lambda p: p.slot)
     deadline = entry.live.starting_deadline
     catchup = entry.live.catchup
     runnable = [s for s in slots if now - s <= deadline]
@@ -163,6 +176,9 @@ class BeatEngine:
         self.reconciling: ReconcileCycle | None = None
         self.next_presence_check = time.monotonic() + PRESENCE_GRACE_SECONDS
         self.quarantined: dict[int, str] = {}  # task id -> why beat cannot run it
+        # task id -> its pause, for paused schedules only: the unpaused (nearly
+        # all) cost nothing, and a due entry pays one lookup while any is paused.
+        self.pauses: dict[int, Pause] = {}
         # (task id, reason or None to clear) to write once the rows being
         # streamed are read: the streaming connection takes no other query.
         self.problem_writes: list[tuple[int, str | None]] = []
@@ -181,6 +197,7 @@ class BeatEngine:
         self.factory = EntryFactory(job_defaults())
         self.entries = IdTable(*enabled_id_range())
         self.heap.clear()
+        self.pauses = {}
         self.retired_in_heap = 0
         self.reconciling = None
         # Building 100,000 long-lived entries triggers many useless collections
@@ -215,6 +232,11 @@ class BeatEngine:
         task_id = row[0]
         try:
             entry, last_slot, created = self.factory.build(row)
+            # A load may catch up slots since the last claimed one: a pause that
+            # ended meanwhile still covers those within it.
+            pause = pause_of(row, min(last_slot or created, now) if loading else now)
+            if pause is not None:
+                self.pauses[task_id] = pause
             self._install(
                 entry,
                 now,
@@ -311,6 +333,7 @@ class BeatEngine:
     def _remove(self, task_id: int) -> Entry | None:
         """Forget ``task_id``'s entry; it is skipped when it comes off the heap."""
         entry = self.entries.pop(task_id, None)
+        self.pauses.pop(task_id, None)
         if entry is not None:
             if entry.pending is not None:  # it is in the heap
                 self.retired_in_heap += 1
@@ -386,7 +409,11 @@ class BeatEngine:
             seen.add(row[0])
             entry = self.entries.get(row[0])
             try:
-                same = entry is not None and self.factory.matches(entry, row)
+                same = (
+                    entry is not None
+                    and self.factory.matches(entry, row)
+                    and pause_of(row, now) == self._pause_holding(row[0], now)
+                )
             except Exception:  # noqa: BLE001 (an unusable row differs; the rebuild quarantines it)
                 same = False
             if not same:
@@ -419,6 +446,7 @@ class BeatEngine:
         """Pop every due entry; plan its due slots; push its next slot."""
         planned: list[PlannedSlot] = []
         heap = self.heap
+        pauses = self.pauses
         while heap and heap[0].heap_due <= now:
             entry = heapq.heappop(heap)
             if entry.retired:
@@ -426,7 +454,10 @@ class BeatEngine:
                 continue  # edited or deleted since this item was pushed
             try:
                 slots, following = self._due_slots(entry, now)
-                due = plan_due_slots(entry, slots, now)
+                pause = pauses.get(entry.task_id) if pauses else None
+                due = plan_due_slots(entry, slots, now, pause)
+                if pause is not None and pause.over(now):
+                    del pauses[entry.task_id]  # ended by itself: its later slots run
             except Exception as exc:  # noqa: BLE001 (this schedule's data; the others go on)
                 entry.wait_for(None)
                 self._quarantine(entry.task_id, exc)
@@ -438,6 +469,11 @@ class BeatEngine:
             else:
                 entry.wait_for(None)
         return planned
+
+    def _pause_holding(self, task_id: int, now: datetime) -> Pause | None:
+        """``task_id``'s pause if it can still cover a slot claimed from ``now`` on."""
+        pause = self.pauses.get(task_id)
+        return None if pause is None or pause.over(now) else pause
 
     @staticmethod
     def _due_slots(entry: Entry, now: datetime) -> tuple[list[datetime], datetime | None]:

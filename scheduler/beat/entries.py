@@ -47,11 +47,13 @@ ROW_FIELDS = (
     "policy__queue", "policy__catchup", "policy__overlap", "policy__starting_deadline",
     "policy__jitter",
     "policy__anchor", "policy__created_at", "policy__last_slot_at",
+    "policy__paused_at", "policy__paused_until", "policy__pause_note", "policy__paused_by",
 )  # fmt: skip
 DEFINITION_COLUMNS = slice(1, ROW_FIELDS.index("policy__anchor"))
 ANCHOR = ROW_FIELDS.index("policy__anchor")
 CREATED = ROW_FIELDS.index("policy__created_at")
 LAST_SLOT = ROW_FIELDS.index("policy__last_slot_at")
+PAUSE_COLUMNS = slice(ROW_FIELDS.index("policy__paused_at"), ROW_FIELDS.index("policy__paused_by") + 1)
 
 
 class UnusableSchedule(ValueError):
@@ -187,6 +189,55 @@ class JitteredEntry(Entry):
         return timedelta(milliseconds=int.from_bytes(digest, "big") % (self.live.jitter * 1000))
 
 
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """A schedule's pause as beat applies it; held only for paused schedules (most are not).
+
+    A slot is *covered* (claimed ``skipped`` with ``message``, never run) when
+    the pause holds at the slot's time or at the moment beat claims it: the
+    first keeps a pause that began and ended while beat was down from being
+    caught up, the second skips a slot that fell due just before the pause
+    was written but is claimed after. It ends by itself at ``until`` (a slot
+    at ``until`` runs); a resume by hand removes it through the change log.
+    """
+
+    since: datetime
+    until: datetime | None
+    message: str
+
+    def holds_at(self, moment: datetime) -> bool:
+        return self.since <= moment and (self.until is None or moment < self.until)
+
+    def covers(self, slot: datetime, now: datetime) -> bool:
+        return self.holds_at(slot) or self.holds_at(now)
+
+    def over(self, now: datetime) -> bool:
+        """Whether no slot claimed from ``now`` on can be covered (a later ``until`` is a new pause)."""
+        return self.until is not None and now >= self.until
+
+
+def pause_message(paused_by: str, until: datetime | None, note: str) -> str:
+    """What a skipped run of a paused schedule says.
+
+    E.g. 'paused by alice until 2026-12-01 10:00:00 UTC: deploy freeze'.
+    """
+    who = f" by {paused_by}" if paused_by else ""
+    when = f" until {until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if until is not None else ""
+    return f"paused{who}{when}: {note}" if note else f"paused{who}{when}"
+
+
+def pause_of(row: tuple, after: datetime) -> Pause | None:
+    """The pause in ``row`` that can still cover a slot after ``after``; None for the unpaused (most rows)."""
+    paused_at, paused_until, note, paused_by = row[PAUSE_COLUMNS]
+    if paused_at is None:
+        return None
+    since, until = _from_epoch(paused_at), _from_epoch(paused_until)
+    assert since is not None
+    if until is not None and until <= after:
+        return None
+    return Pause(since, until, pause_message(paused_by or "", until, note or ""))
+
+
 @lru_cache(maxsize=4096)
 def seconds(n: int) -> timedelta:
     """Shared timedelta objects: 100,000 entries hold a handful of distinct deadlines."""
@@ -232,7 +283,9 @@ LEFT JOIN django_celery_beat_clockedschedule k ON k.id = t.clocked_id
 LEFT JOIN scheduler_schedulepolicy p ON p.task_id = t.id
 WHERE t.enabled"""
 _ROWS_SQL = f"""SELECT t.id, {_COLUMNS_SQL},
-       (EXTRACT(EPOCH FROM p.last_slot_at) * 1000000)::int8
+       (EXTRACT(EPOCH FROM p.last_slot_at) * 1000000)::int8,
+       (EXTRACT(EPOCH FROM p.paused_at) * 1000000)::int8,
+       (EXTRACT(EPOCH FROM p.paused_until) * 1000000)::int8, p.pause_note, p.paused_by
 {_FROM_SQL}"""  # noqa: S608 (constant text, no user input)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
