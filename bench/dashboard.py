@@ -1,0 +1,238 @@
+"""The admin dashboard's server time and query count at 100,000 schedules and 1,000,000 runs.
+
+    .venv/bin/python bench/dashboard.py                            # seeding is most of it (~4 min)
+    .venv/bin/python bench/dashboard.py --schedules 10000 --runs 100000
+    .venv/bin/python bench/dashboard.py --seed-only                # then --reuse-db to measure again
+    .venv/bin/python bench/dashboard.py --reuse-db --explain       # print each statement's plan
+    .venv/bin/python bench/dashboard.py --reuse-db --append        # add the section to bench/results.md
+
+Database ``h4_bench`` (``--db``; created, migrated, dropped unless
+``--keep-db``), Redis database 7 (read only: the dashboard asks the broker
+for queue lengths). Seeded with ``bench/seed.py``: its schedules, ``--runs``
+finished runs over the last 7 days (0.2 % ending badly: failed, and a
+third of those turned into timeouts or lost), ``--runs`` / 500 running and
+as many queued in the last 5 minutes, 1 % of the schedules paused (half until
+tomorrow), a beat leader publishing its status, analysed.
+
+The page is rendered in this process by its view (a ``RequestFactory``
+request from a superuser, the template rendered), so the time is the
+server's: queries, the broker's queue lengths, the charts and the template;
+no network. Median of ``--repeats`` after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench.common import (  # noqa: E402
+    PYTHON,
+    admin_connection,
+    append_results,
+    bench_env,
+    create_database,
+    drop_database,
+    fmt,
+    run_checked,
+    setup_django,
+)
+
+DB = "h4_bench"
+REDIS_DB = 7
+TARGET_MS = 300
+
+
+def seed(schedules: int, runs: int) -> int:
+    from django.db import connection
+    from seed import insert_runs
+    from seed import seed as seed_schedules
+
+    from scheduler.models import BeatLease
+
+    now = datetime.now(UTC)
+    seed_schedules(schedules, now, quiet_window=timedelta(minutes=40))
+    step = 200_000
+    for start in range(0, runs, step):
+        insert_runs(min(step, runs - start), now - timedelta(days=7), now, schedules, failed_share=0.002)
+    for status in ("running", "queued"):
+        insert_runs(max(1, runs // 500), now - timedelta(minutes=5), now, schedules, status=status)
+    with connection.cursor() as cursor:
+        # Every bad ending the dashboard lists, not only "failed".
+        cursor.execute(
+            "UPDATE jobs_jobrun SET status = (ARRAY['soft_timeout', 'hard_timeout', 'lost'])"
+            "[1 + floor(random() * 3)::int] WHERE status = 'failed' AND random() < 0.33"
+        )
+        cursor.execute(
+            "UPDATE scheduler_schedulepolicy SET paused_at = %s, pause_note = 'bench: paused', "
+            "paused_until = CASE WHEN task_id %% 2 = 0 THEN %s::timestamptz END WHERE task_id %% 100 = 7",
+            [now - timedelta(hours=1), now + timedelta(days=1)],
+        )
+    BeatLease.objects.update_or_create(
+        name="beat",
+        defaults={
+            "holder": "bench-beat:1",
+            "token": 1,
+            # A leader for a day: the page shows it alive whenever it is measured.
+            "expires_at": now + timedelta(days=1),
+            "renewed_at": now,
+            "status": {
+                "schedules": schedules,
+                "next_due": [
+                    {
+                        "slot": (now + timedelta(minutes=41 + i)).isoformat(),
+                        "schedule": f"bench-cron-{i}",
+                        "job": "heartbeat",
+                    }
+                    for i in range(10)
+                ],
+            },
+        },
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+        cursor.execute("SELECT count(*) FROM jobs_jobrun")
+        return cursor.fetchone()[0]
+
+
+def database_exists(name: str) -> bool:
+    with admin_connection() as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+
+
+def seeded_runs(schedules: int) -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM django_celery_beat_periodictask")
+        found = cursor.fetchone()[0]
+        if found != schedules:
+            raise SystemExit(f"--reuse-db: the database holds {found:,} schedules, not {schedules:,}")
+        cursor.execute("SELECT count(*) FROM jobs_jobrun")
+        return cursor.fetchone()[0]
+
+
+def render(user) -> tuple[float, list[dict]]:
+    """Seconds to build and render the dashboard, and the statements it ran."""
+    from django.db import connection
+    from django.test import RequestFactory
+    from django.test.utils import CaptureQueriesContext
+
+    from scheduler.dashboard import dashboard_view
+
+    request = RequestFactory().get("/admin/dashboard/")
+    request.user = user
+    request.session = {}
+    started = time.perf_counter()
+    with CaptureQueriesContext(connection) as queries:
+        response = dashboard_view(request)
+        response.render()
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 200, response.status_code
+    return elapsed, list(queries.captured_queries)
+
+
+def explain(statements: list[dict]) -> None:
+    """Each statement's plan, with its real time (EXPLAIN ANALYZE: they only read)."""
+    from django.db import connection
+
+    for statement in statements:
+        sql = statement["sql"]
+        if not sql.lstrip().upper().startswith("SELECT"):
+            continue
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        print(f"\n-- {statement['time']} s\n{sql}\n{plan}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--schedules", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--append", action="store_true", help="append the section to bench/results.md")
+    parser.add_argument("--db", default=DB, help=f"the PostgreSQL database (default {DB})")
+    parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument("--reuse-db", action="store_true", help="measure a database seeded before")
+    parser.add_argument("--seed-only", action="store_true", help="seed and keep the database")
+    parser.add_argument("--explain", action="store_true", help="print each statement's plan")
+    options = parser.parse_args()
+    if options.seed_only or options.reuse_db:
+        options.keep_db = True
+    started = time.monotonic()
+    reuse = options.reuse_db and database_exists(options.db)
+    if not reuse:
+        create_database(options.db)
+    env = bench_env(options.db, REDIS_DB)
+    run_checked([PYTHON, "manage.py", "migrate", "-v0"], env, "migrate", 300)
+    setup_django(options.db, REDIS_DB)
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+
+    settings.ALLOWED_HOSTS.append("testserver")
+    try:
+        runs = seeded_runs(options.schedules) if reuse else seed(options.schedules, options.runs)
+        if options.seed_only:
+            print(f"seeded {options.schedules:,} schedules and {runs:,} runs in {options.db}")
+            return 0
+        user = get_user_model().objects.filter(username="bench").first()
+        user = user or get_user_model().objects.create_superuser("bench", "bench@example.com", "unused")
+        render(user)  # warm-up
+        times, counts, slowest = [], [], []
+        for _ in range(options.repeats):
+            seconds, statements = render(user)
+            times.append(seconds * 1000)
+            counts.append(len(statements))
+            slowest = statements
+        if options.explain:
+            explain(slowest)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        if not options.keep_db:
+            drop_database(options.db)
+    median = statistics.median(times)
+    by_time = sorted(slowest, key=lambda s: float(s["time"]), reverse=True)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [
+        f"## Dashboard at {options.schedules:,} schedules and {runs:,} runs ({when})",
+        "",
+        "`bench/dashboard.py`: the admin dashboard (`scheduler/dashboard.py`) built and rendered by its view "
+        f"in-process (server time, no network: queries, broker queue lengths, SVG charts, template), "
+        f"median of {options.repeats} after a warm-up; PostgreSQL, Redis. Target ≤ {TARGET_MS} ms.",
+        "",
+        "| page | server time (median) | min – max | queries |",
+        "|---|---:|---:|---:|",
+        f"| dashboard | {fmt(median)} ms | {fmt(min(times))} – {fmt(max(times))} ms | {max(counts)} |",
+        "",
+        "Slowest statements of the last render:",
+        "",
+        *[f"- {float(s['time']) * 1000:.1f} ms: `{_short(s['sql'])}`" for s in by_time[:5]],
+        "",
+        f"- measured in {time.monotonic() - started:.0f} s; load average at the end: {load}",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if options.append:
+        append_results(text)
+    return 0
+
+
+def _short(sql: str, limit: int = 160) -> str:
+    sql = " ".join(sql.split()).replace("`", "'")
+    return sql if len(sql) <= limit else sql[: limit - 1] + "…"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
