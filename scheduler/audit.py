@@ -185,6 +185,7 @@ def record_bulk_edit(task_ids_before: dict[int, dict[str, object]], after: dict[
     cid = get_cid()
     now = timezone.now()
     entries = []
+    task_changes: list[dict[str, list[str]]] = []  # made readable below, in one query per kind of key
     for model in BOOKKEEPING:
         fields = _tracked_by_name(model, after)
         if not fields:
@@ -200,6 +201,8 @@ def record_bulk_edit(task_ids_before: dict[int, dict[str, object]], after: dict[
             changed = {name: [old[name], new[name]] for name in old if old[name] != new[name]}
             if not changed:
                 continue
+            if model is PeriodicTask:
+                task_changes.append(changed)
             entries.append(
                 LogEntry(
                     content_type=content_type,
@@ -212,7 +215,7 @@ def record_bulk_edit(task_ids_before: dict[int, dict[str, object]], after: dict[
                     timestamp=now,
                 )
             )
-    readable_changes(entry.changes for entry in entries if entry.content_type.model_class() is PeriodicTask)
+    readable_changes(task_changes)
     # bulk_create sends no pre_save, which is how auditlog gives an entry its actor, address and
     # port (a receiver connected only while its middleware's context is open: reading its context
     # variable directly would find the last request's user after the request ended). Sent here.

@@ -294,3 +294,24 @@ def test_the_history_is_newest_first_bounded_and_its_query_count_does_not_grow(c
     full = client.get(link.replace("&amp;", "&"))
     assert full.status_code == 200
     assert full.context["cl"].result_count == entries_of(many).count() > HISTORY_LIMIT
+
+
+def test_a_pause_and_a_resume_from_the_page_record_alice_and_the_note(client, alice, weekday_berlin):
+    task = weekday_berlin
+    LogEntry.objects.all().delete()
+
+    paused = client.post(
+        f"{page_url(task)[: -len('change/')]}pause/", {"note": "deploy freeze", "apply": "1"}
+    )
+    resumed = client.post(f"{page_url(task)[: -len('change/')]}resume/")
+
+    assert (paused.status_code, resumed.status_code) == (302, 302)
+    pause, resume = entries_of(task)
+    assert (pause.actor, resume.actor) == (alice, alice)
+    assert pause.content_type.model_class() is SchedulePolicy
+    assert pause.changes["pause_note"] == ["", "deploy freeze"]
+    assert pause.changes["paused_by"] == ["", "alice"]
+    assert pause.changes["paused_at"][0] == "None"
+    assert resume.changes["pause_note"] == ["deploy freeze", ""]
+    html = client.get(page_url(task)).content.decode()
+    assert '<span class="audit-before">—</span> → <span class="audit-after">deploy freeze</span>' in html
