@@ -102,6 +102,22 @@ def save_page(client, task: PeriodicTask, **changes: str):
     return response
 
 
+def cron_fields(data: dict[str, list[str]], expression: str, zone: str) -> dict[str, str]:
+    """The page's fields that set this cron: the typed expression and zone, or the crontab row's key."""
+    if "cron" in data:  # the schedule page's one schedule field
+        return {"schedule_kind": "cron", "cron": expression, "timezone": zone}
+    minute, hour, day_of_month, month_of_year, day_of_week = expression.split()
+    row, _ = CrontabSchedule.objects.get_or_create(
+        minute=minute,
+        hour=hour,
+        day_of_month=day_of_month,
+        month_of_year=month_of_year,
+        day_of_week=day_of_week,
+        timezone=zone,
+    )
+    return {"crontab": str(row.pk)}
+
+
 def entries_of(task: PeriodicTask):
     types = ContentType.objects.get_for_models(PeriodicTask, SchedulePolicy).values()
     return LogEntry.objects.filter(object_id=task.pk, content_type__in=list(types)).order_by("pk")
@@ -129,12 +145,12 @@ def weekday_berlin():
 
 def test_an_admin_edit_records_who_when_and_the_cron_before_and_after(client, alice, weekday_berlin):
     task = weekday_berlin
-    six_utc = CrontabSchedule.objects.create(minute="30", hour="6", timezone="UTC")
     changes_before = ScheduleChange.objects.filter(task_id=task.pk).count()
     LogEntry.objects.all().delete()  # the creation's entries (no actor: made in code)
     started = timezone.now()
 
-    save_page(client, task, crontab=str(six_utc.pk), **{"policy-0-jitter": "7"})
+    six_utc = cron_fields(page_form(client, task), "30 6 * * *", "UTC")
+    save_page(client, task, **six_utc, **{"policy-0-jitter": "7"})
 
     task_entry, policy_entry = (
         entries_of(task).get(content_type=ContentType.objects.get_for_model(model))
