@@ -26,6 +26,7 @@ from django.utils.text import capfirst
 from django_celery_beat.models import PeriodicTask
 
 from scheduler.audit import EMPTY
+from scheduler.describe import describe_cron
 from scheduler.models import SchedulePolicy
 
 HISTORY_LIMIT = 50
@@ -69,6 +70,8 @@ def shown_value(model: type[models.Model], name: str, value: object) -> str:
         model_field = model._meta.get_field(name)
     except FieldDoesNotExist:
         return text
+    if model is PeriodicTask and name == "crontab":
+        return cron_in_words(text)
     choices = dict(getattr(model_field, "flatchoices", None) or ())
     if text in choices:
         return str(choices[text])
@@ -80,6 +83,16 @@ def shown_value(model: type[models.Model], name: str, value: object) -> str:
         except ValueError:
             return text
     return text
+
+
+def cron_in_words(stored: str) -> str:
+    """A stored crontab ("0 9 * * 1-5 Europe/Berlin", see ``scheduler.audit``) with its words after it."""
+    parts = stored.split()
+    if len(parts) != 6:  # "crontab #3 (deleted)", or an entry written before the audit stored rows as text
+        return stored
+    expression = " ".join(parts[:5])
+    words = describe_cron(expression)
+    return stored if words == expression else f"{stored} ({words})"
 
 
 def field_label(model: type[models.Model], name: str) -> str:

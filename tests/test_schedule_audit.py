@@ -168,8 +168,10 @@ def test_an_admin_edit_records_who_when_and_the_cron_before_and_after(client, al
     page = client.get(page_url(task)).content.decode()
     assert "Change history" in page
     assert "alice" in page
-    assert '<span class="audit-before">0 9 * * 1-5 Europe/Berlin</span> → ' in page
-    assert '<span class="audit-after">30 6 * * * UTC</span>' in page
+    assert (
+        '<span class="audit-before">0 9 * * 1-5 Europe/Berlin (At 09:00, Monday through Friday)</span> → '
+        '<span class="audit-after">30 6 * * * UTC (At 06:30)</span>'
+    ) in page
     assert '<span class="audit-before">0</span> → <span class="audit-after">7</span>' in page
 
 
