@@ -22,6 +22,7 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 from jobs.catalog import publish_catalog
 from scheduler import services
 from scheduler.admin_audit import HISTORY_LIMIT
+from scheduler.audit import record_bulk_edit
 from scheduler.models import ScheduleChange, SchedulePolicy
 
 pytestmark = pytest.mark.django_db
@@ -333,3 +334,30 @@ def test_a_pause_and_a_resume_from_the_page_record_alice_and_the_note(client, al
     assert resume.changes["pause_note"] == ["deploy freeze", ""]
     html = client.get(page_url(task)).content.decode()
     assert '<span class="audit-before">—</span> → <span class="audit-after">deploy freeze</span>' in html
+
+
+def test_a_bulk_edits_audit_costs_the_same_queries_for_10_or_1000_schedules(alice):
+    publish_catalog(worker="tests")
+    crontabs = [
+        CrontabSchedule.objects.create(minute=str(m), hour="3", timezone="UTC") for m in range(3)
+    ]  # several old rows: their words are read in one query, not one per schedule
+    new_row = CrontabSchedule.objects.create(minute="15", hour="4", timezone="Europe/Berlin")
+    PeriodicTask.objects.bulk_create(
+        [PeriodicTask(name=f"bulk-{i}", task="heartbeat", crontab=crontabs[i % 3]) for i in range(1010)]
+    )
+
+    def audit_queries(names) -> int:
+        tasks = PeriodicTask.objects.filter(name__in=names)
+        before = {pk: {"crontab": crontab} for pk, crontab in tasks.values_list("pk", "crontab")}
+        with set_actor(alice), CaptureQueriesContext(connection) as queries:
+            record_bulk_edit(before, {"crontab": new_row})
+        return len(queries)
+
+    ContentType.objects.get_for_models(PeriodicTask, SchedulePolicy)  # cached for the process, as in a server
+    few = audit_queries([f"bulk-{i}" for i in range(10)])
+    many = audit_queries([f"bulk-{i}" for i in range(10, 1010)])
+
+    assert few == many
+    assert LogEntry.objects.filter(action=LogEntry.Action.UPDATE).count() == 1010
+    entry = LogEntry.objects.filter(object_repr="bulk-11").get()
+    assert (entry.actor, entry.changes) == (alice, {"crontab": ["2 3 * * * UTC", "15 4 * * * Europe/Berlin"]})
