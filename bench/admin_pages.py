@@ -195,6 +195,7 @@ def main() -> int:
         schedule_id = str(
             PeriodicTask.objects.order_by("id").values_list("id", flat=True)[options.schedules // 2]
         )
+        run_id = str(JobRun.objects.filter(schedule_id=schedule_id).values_list("pk", flat=True).first())
         ours_schedules, ours_runs = admin.site._registry[PeriodicTask], admin.site._registry[JobRun]
         stock_schedules, stock_runs = stock_admins()
         schedules_url, runs_url = "/admin/django_celery_beat/periodictask/", "/admin/jobs/jobrun/"
@@ -210,11 +211,31 @@ def main() -> int:
                 {"task": "heartbeat"},
                 None,
             ),
-            ("schedule page", ours_schedules, schedule_url, {}, schedule_id),
+            ("schedule list, last run failed", ours_schedules, schedules_url, {"last_run": "failed"}, None),
+            (
+                "schedule list, last run succeeded",
+                ours_schedules,
+                schedules_url,
+                {"last_run": "succeeded"},
+                None,
+            ),
+            ("schedule list, last run running", ours_schedules, schedules_url, {"last_run": "running"}, None),
+            (
+                "schedule list, last run lost (none)",
+                ours_schedules,
+                schedules_url,
+                {"last_run": "lost"},
+                None,
+            ),
+            ("schedule list, paused", ours_schedules, schedules_url, {"paused": "yes"}, None),
+            ("schedule list, with a problem", ours_schedules, schedules_url, {"problem": "yes"}, None),
+            ("schedule list, search", ours_schedules, schedules_url, {"q": "heartbeat"}, None),
+            ("schedule page (with its last 20 runs)", ours_schedules, schedule_url, {}, schedule_id),
             ("schedule page, stock", stock_schedules, schedule_url, {}, schedule_id),
             ("run list", ours_runs, runs_url, {}, None),
             ("run list, failed", ours_runs, runs_url, {"status__exact": "failed"}, None),
             ("run list, one schedule", ours_runs, runs_url, {"schedule": schedule_id}, None),
+            ("run page", ours_runs, f"{runs_url}{run_id}/change/", {}, run_id),
         ]
         if options.schedules <= STOCK_RUN_LIST_MAX_SCHEDULES:
             pages += [

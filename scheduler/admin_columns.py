@@ -1,10 +1,11 @@
 """The schedule list: its columns, filters and search, with a query count constant in the table's size.
 
 A page costs the same statements at 3 or 100,000 schedules: the page itself
-(its crontab, interval and policy joined), a bounded count
+(its crontab, interval, clocked and policy rows prefetched: one query each,
+skipped when the page has none of that kind), a bounded count
 (``BoundedCountPaginator``), and two statements for the runs of the page's
 schedules (``schedule_run_facts``: last run and failure streak). Next run and
-the schedule in words are computed in Python from the joined rows, with the
+the schedule in words are computed in Python from the loaded rows, with the
 code beat uses (``scheduler.describe``). No filter lists a table: the job
 filter reads the catalog, the others offer fixed choices; no date hierarchy,
 no full COUNT(*).
@@ -167,9 +168,16 @@ class ScheduleColumnsMixin(admin.ModelAdmin):
     paginator = BoundedCountPaginator
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[PeriodicTask]:
-        # django-celery-beat's get_queryset already calls select_related, so the
-        # admin would skip list_select_related: the policy joins here instead.
-        return super().get_queryset(request).select_related("policy")
+        # The schedule rows and the policy come by prefetch (a query each over the
+        # page's ids), not django-celery-beat's joins: with a filter whose share
+        # PostgreSQL misjudges (a search matching every schedule: estimated 20
+        # rows), it joined all 100,000 rows before the sort and LIMIT (485 ms).
+        return (
+            super()
+            .get_queryset(request)
+            .select_related(None)
+            .prefetch_related("interval", "crontab", "clocked", "policy")
+        )
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return ScheduleChangeList

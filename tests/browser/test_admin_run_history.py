@@ -1,7 +1,9 @@
 """Run history and run-summary reports in the admin, in a real browser.
 
-The history list shows every run and filters by status; a run-summary report
-downloads as CSV and as HTML from the admin.
+The history list shows every run and filters by status; from the schedule
+list, a failed last run leads to the schedule's history and to the run's page
+(error, traceback, attempts); a run-summary report downloads as CSV and as
+HTML from the admin.
 """
 
 from __future__ import annotations
@@ -66,6 +68,36 @@ def test_it_shows_runs_in_the_history_list(page: Page, seeded_schedules) -> None
     expect(rows).to_have_count(1)
     expect(rows.locator("td.field-status")).to_have_text([failed])
     expect(rows.locator("td.field-worker")).to_have_text(["worker-b"])
+
+
+def test_from_a_failed_last_run_to_its_history_and_its_run_page(page: Page, seeded_schedules) -> None:
+    schedule = seeded_schedules["heartbeat"]
+    succeeded, failed = record_runs(schedule)
+    JobRun.objects.filter(pk=failed.pk).update(
+        traceback='Traceback (most recent call last):\n  File "check.py", line 9\nTargetCheckFailed: refused'
+    )
+    page.goto(reverse("admin:django_celery_beat_periodictask_changelist") + "?last_run=failed")
+
+    row = page.locator("#result_list tbody tr")
+    expect(row).to_have_count(1)
+    expect(row.locator("td.field-failure_streak")).to_have_text("1")
+    expect(row.locator("td.field-last_run")).to_contain_text("Failed · 4.9 s")
+    row.locator("th.field-name a").click()
+
+    history = page.locator("#schedule-history")
+    expect(history.locator("tr.run-row")).to_have_count(2)
+    expect(history.locator("tr.run-row").first).to_contain_text("TargetCheckFailed: https://example.invalid")
+    expect(history.locator("tr.run-row").nth(1)).to_contain_text("worker-a")
+    expect(history.get_by_role("link", name="All runs of this schedule")).to_have_attribute(
+        "href", re.compile(rf"\?schedule={schedule.pk}$")
+    )
+    history.get_by_role("link", name="Failed").click()
+
+    expect(page).to_have_url(re.compile(rf"/jobs/jobrun/{failed.pk}/change/$"))
+    expect(page.locator("#run-error")).to_contain_text("TargetCheckFailed: https://example.invalid/health")
+    expect(page.locator("#run-traceback pre")).to_contain_text('File "check.py", line 9')
+    expect(page.locator("#run-attempts")).to_contain_text("the latest on worker-b")
+    expect(page.locator("input[name=_save]")).to_have_count(0)
 
 
 def test_it_downloads_a_run_summary_as_csv_and_html(page: Page, seeded_schedules) -> None:
