@@ -54,7 +54,7 @@ from django.utils import timezone
 from jobs.catalog import check_argument_types, parse_json_arguments, signature_of, validate_job_call
 from jobs.limits import validate_time_limits
 from jobs.models import JobDefinition, JobRun, OutboxBatch, RunOrigin, RunStatus
-from jobs.publishing import record_outbox, send_batch
+from jobs.publishing import record_outbox, send_batch, validate_priority
 from lib.sequences import CHUNK
 from settings.celery_app import app
 
@@ -163,6 +163,7 @@ def _new_run(
     origin: RunOrigin,
     requested_by: str,
     now: datetime,
+    priority: int | None = None,
 ) -> JobRun:
     """A validated, unsaved run of ``job``; raises ``ValidationError`` (see ``dispatch``)."""
     if origin == RunOrigin.BEAT:
@@ -172,6 +173,7 @@ def _new_run(
     soft = soft_time_limit or definition.soft_time_limit
     hard = hard_time_limit or definition.hard_time_limit
     validate_time_limits(soft, hard)
+    validate_priority(priority)
     deadline = starting_deadline or settings.JOB_DEFAULT_STARTING_DEADLINE
     run = JobRun(
         id=uuid.uuid4(),
@@ -191,6 +193,9 @@ def _new_run(
         status=RunStatus.QUEUED,
     )
     run.delivery, run.delivery_error = Delivery.AT_COMMIT, ""
+    # The message's priority, not a column (jobs.publishing.message_priority); an attribute
+    # of the returned instance like ``delivery`` (undeclared in jobs.models: not this change's file).
+    run.priority = priority  # type: ignore[attr-defined]
     return run
 
 
@@ -301,6 +306,7 @@ def dispatch(
     schedule: PeriodicTask | None = None,
     origin: RunOrigin = RunOrigin.CLIENT,
     requested_by: str = "",
+    priority: int | None = None,
 ) -> JobRun:
     """Validate, record and publish one run of ``job``; return its ``JobRun``.
 
@@ -320,6 +326,9 @@ def dispatch(
     dispatch it again (it would run twice); ``AT_COMMIT`` while the caller's
     own transaction is still open (the attribute changes at its commit).
     A broker failure never raises.
+
+    ``priority``: the message's broker priority (``jobs.publishing.validate_priority``
+    says the range; on Redis 0 goes first); None: the broker's default.
     """
     run = _new_run(
         job,
@@ -333,6 +342,7 @@ def dispatch(
         origin=origin,
         requested_by=requested_by,
         now=timezone.now(),
+        priority=priority,
     )
     _record_and_send([run])
     return run

@@ -14,6 +14,15 @@ failed is never lost: its batch stays until a later ``publish_outbox``.
 A batch may be sent twice (a death between publish and delete); the worker
 starts a run once and ignores the second message.
 
+Priority: a run's ``priority`` (a schedule's ``PeriodicTask.priority``, or
+``dispatch(priority=...)``) becomes the message's broker priority. On Redis
+it is 0–9 and **0 goes first** (kombu keeps one list per level and pops the
+lowest first; a message without one counts as 0); on RabbitMQ 0–255, higher
+first, honoured by queues declared with ``x-max-priority``. ``validate_priority``
+says what the configured broker takes. The outbox keeps run ids only, so a
+run re-sent from it takes its schedule's priority (a client's dispatch with
+no schedule is re-sent without one).
+
 Messages go through kombu's producer pool for the app's current write URL,
 so a process keeps its broker connection between publishes instead of
 connecting (and importing the transport, and pinging) every time.
@@ -31,7 +40,10 @@ from typing import Any, Protocol
 
 from celery import Celery
 from celery.utils.saferepr import saferepr
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection as db
+from django.db.models import F
 from django.utils import timezone
 from kombu import Connection, Producer, pools
 
@@ -124,6 +136,45 @@ def task_message(run: PublishableRun, origin: str) -> tuple[dict[str, Any], str]
     return headers, json.dumps([run.args, run.kwargs, EMBED])
 
 
+REDIS_MAX_PRIORITY = 9  # kombu's Redis transport: levels 0-9 (settings: priority_steps)
+AMQP_MAX_PRIORITY = 255  # RabbitMQ's limit for x-max-priority
+
+
+def broker_is_redis() -> bool:
+    return str(settings.CELERY_BROKER_URL).startswith(("redis://", "rediss://", "redis+socket://"))
+
+
+def validate_priority(priority: int | None) -> None:
+    """Refuse a message priority the configured broker cannot honour (``ValidationError`` on ``priority``).
+
+    None means the broker's default. Redis: 0-9, 0 first; RabbitMQ: 0-255, higher first.
+    """
+    if priority is None:
+        return
+    if broker_is_redis():
+        if not 0 <= priority <= REDIS_MAX_PRIORITY:
+            raise ValidationError(
+                {
+                    "priority": f"Priority {priority} is out of range: with the Redis broker it is 0 to "
+                    f"{REDIS_MAX_PRIORITY}, and 0 goes first (Redis reverses the order; 9 waits for all "
+                    "others). Leave it empty for the default, 0."
+                }
+            )
+    elif not 0 <= priority <= AMQP_MAX_PRIORITY:
+        raise ValidationError(
+            {
+                "priority": f"Priority {priority} is out of range: 0 to {AMQP_MAX_PRIORITY}, higher goes "
+                "first (on queues declared with x-max-priority). Leave it empty for none."
+            }
+        )
+
+
+def message_priority(run: PublishableRun) -> int | None:
+    """The broker priority of ``run``'s message: beat's ``ClaimedRun.priority``, or the attribute
+    ``dispatch`` / ``publish_outbox`` set on a ``JobRun`` (no column: the schedule holds it)."""
+    return getattr(run, "priority", None)
+
+
 def _fail_fast(producer: Producer) -> None:
     # kombu's default retries block for seconds when the broker is down; the
     # caller keeps the runs in the outbox and tries later instead.
@@ -194,6 +245,7 @@ def publish_runs(app: Celery, runs: Sequence[PublishableRun]) -> int:
                 headers=headers,
                 correlation_id=headers["id"],
                 delivery_mode=2,
+                priority=message_priority(run) or 0,  # kombu's default when none is given
                 retry=False,
                 declare=None,
             )
@@ -262,7 +314,8 @@ def publish_outbox(app: Celery, limit: int = 10_000, older_than: timedelta | Non
     for batch in batches.iterator():
         runs: list[JobRun] = []
         for chunk in chunks(batch.run_ids):
-            runs.extend(JobRun.objects.filter(pk__in=chunk, status=RunStatus.QUEUED))
+            queued = JobRun.objects.filter(pk__in=chunk, status=RunStatus.QUEUED)
+            runs.extend(queued.annotate(priority=F("schedule__priority")))
         runs.sort(key=lambda run: run.scheduled_for)
         sent += send_batch(app, runs, batch.pk)
         if sent >= limit:

@@ -153,7 +153,7 @@ def run_schedules_now(queryset: QuerySet[PeriodicTask], requested_by: str) -> Ru
     """Dispatch one run of each selected schedule now, recorded ``manual`` with who asked.
 
     Each run is what beat would send for the schedule's next slot: its job
-    and arguments, and the queue, soft/hard limits and starting deadline
+    and arguments, and the queue, priority, soft/hard limits and starting deadline
     beat's ``Definition`` takes from the schedule's policy, falling back to
     the job's catalog defaults (built by beat's own ``EntryFactory``). It
     belongs to the schedule but takes no slot (``jobs.dispatch.dispatch``), and
@@ -182,6 +182,7 @@ def run_schedules_now(queryset: QuerySet[PeriodicTask], requested_by: str) -> Ru
                 soft_time_limit=definition.soft_time_limit,
                 hard_time_limit=definition.hard_time_limit,
                 starting_deadline=int(definition.starting_deadline.total_seconds()),
+                priority=definition.priority,
                 schedule=task,
                 origin=RunOrigin.MANUAL,
                 requested_by=requested_by,

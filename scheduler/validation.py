@@ -36,6 +36,7 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 from jobs.catalog import NotStrictJson, strict_json_loads, validate_job_call
 from jobs.limits import validate_time_limits
 from jobs.models import JobDefinition
+from jobs.publishing import validate_priority
 from scheduler.beat.slots import (
     CronSpec,
     InvalidCron,
@@ -154,6 +155,7 @@ def validate_periodic_task(task: PeriodicTask, changed: Iterable[str] | None = N
     """
     validate_job_call(task.task, task.args, task.kwargs)
     validate_headers(task.headers)
+    validate_priority(task.priority)  # the range the configured broker honours
     validate_schedule_kind(task)
     # A foreign key whose id is None reads as None without a query.
     if (interval := task.interval) is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -189,7 +190,7 @@ if not REDIS_URL:
 # RabbitMQ is supported too: BROKER_URL=amqp://... ; Redis stays the default.
 CELERY_BROKER_URL = envstr("BROKER_URL") or REDIS_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     # A message is redelivered only if unacked for longer than the longest hard
     # limit; shorter would run a slow job twice. Jobs enforce MAX_HARD_TIME_LIMIT.
     "visibility_timeout": envint("BROKER_VISIBILITY_TIMEOUT", 3 * 3600, minimum=60),
@@ -199,6 +200,10 @@ if CELERY_BROKER_URL.startswith("redis://"):
     # parameters: with kombu 5.7 a worker whose Redis went down while a job ran
     # died restoring the job's message (lib/redis_transport.py says how).
     CELERY_BROKER_TRANSPORT = "lib.redis_transport:Transport"
+    # One list per message priority 0-9 (kombu's default has 4 levels: 0, 3, 6, 9,
+    # so 1 and 2 would count as 0); the worker pops the lowest level first, so on
+    # Redis 0 goes first (jobs.publishing.validate_priority).
+    CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"] = list(range(10))
 # A job keeps running through a broker outage (its run is recorded in the
 # database, not in Redis) instead of being killed; Celery 6 flips this default.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False

@@ -79,6 +79,7 @@ class ClaimedRun:
     queue: str
     soft_time_limit: int | None
     hard_time_limit: int | None
+    priority: int | None
     scheduled_for: datetime
     deadline: datetime
     status: str
@@ -109,6 +110,7 @@ def _run_for(planned: PlannedSlot, status: RunStatus, now: datetime, message: st
         queue=definition.queue,
         soft_time_limit=definition.soft_time_limit,
         hard_time_limit=definition.hard_time_limit,
+        priority=definition.priority,
         scheduled_for=planned.slot,
         deadline=planned.slot + definition.starting_deadline,
         status=status,

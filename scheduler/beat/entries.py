@@ -45,7 +45,7 @@ ROW_FIELDS = (
     "crontab__day_of_week", "crontab__timezone", "interval__every", "interval__period",
     "clocked__clocked_time", "solar", "policy__soft_time_limit", "policy__hard_time_limit",
     "policy__queue", "policy__catchup", "policy__overlap", "policy__starting_deadline",
-    "policy__jitter",
+    "policy__jitter", "priority",
     "policy__anchor", "policy__created_at", "policy__last_slot_at",
     "policy__paused_at", "policy__paused_until", "policy__pause_note", "policy__paused_by",
 )  # fmt: skip
@@ -79,6 +79,7 @@ class Definition:
     catchup: str
     overlap: str
     jitter: int
+    priority: int | None  # the message's broker priority (PeriodicTask.priority); None: the broker's default
     cron: CronSpec | None
     interval: timedelta | None
     clocked: datetime | None
@@ -274,7 +275,7 @@ _COLUMNS_SQL = """t.task, t.args, t.kwargs, t.queue, t.one_off,
        c.minute, c.hour, c.day_of_month, c.month_of_year, c.day_of_week, c.timezone,
        i.every, i.period, (EXTRACT(EPOCH FROM k.clocked_time) * 1000000)::int8, t.solar_id,
        p.soft_time_limit, p.hard_time_limit, p.queue, p.catchup, p.overlap, p.starting_deadline,
-       p.jitter, (EXTRACT(EPOCH FROM p.anchor) * 1000000)::int8,
+       p.jitter, t.priority, (EXTRACT(EPOCH FROM p.anchor) * 1000000)::int8,
        (EXTRACT(EPOCH FROM p.created_at) * 1000000)::int8"""
 _FROM_SQL = """FROM django_celery_beat_periodictask t
 LEFT JOIN django_celery_beat_crontabschedule c ON c.id = t.crontab_id
@@ -435,7 +436,7 @@ class EntryFactory:
         """
         (job, args, kwargs, queue, one_off, start_time, expires, c_minute, c_hour, c_dom, c_month,
          c_dow, c_tz, i_every, i_period, clocked_time, solar_id, p_soft, p_hard, p_queue, p_catchup,
-         p_overlap, p_deadline, p_jitter) = key  # fmt: skip
+         p_overlap, p_deadline, p_jitter, priority) = key  # fmt: skip
         if job not in self.defaults:
             raise UnusableSchedule(
                 f"unknown job {job!r}: it is not in the job catalog, so no worker serves it and it has "
@@ -481,6 +482,7 @@ class EntryFactory:
             catchup=p_catchup or CatchUp.LATEST,
             overlap=p_overlap or Overlap.ALLOW,
             jitter=p_jitter or 0,
+            priority=priority,
             cron=cron,
             interval=interval,
             clocked=clocked,

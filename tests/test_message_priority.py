@@ -1,0 +1,118 @@
+"""A schedule's priority (``PeriodicTask.priority``) reaches the broker, from beat, run now and the outbox.
+
+On Redis, kombu keeps one list per priority level (``priority_steps`` 0-9 in
+settings) and a worker pops the lowest level first: 0 goes first. The last
+test proves it with the real worker: while both its children are busy, low
+priority runs are queued, then a run now of a schedule with a better
+priority; the latter starts first.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from jobs.dispatch import dispatch
+from jobs.models import JobRun, OutboxBatch, RunStatus
+from jobs.publishing import publish_outbox, record_outbox
+from scheduler.celery import app
+from scheduler.models import SchedulePolicy
+from scheduler.services import run_schedules_now
+from tests.conftest import wait_for_run
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("catalog")]
+
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+QUEUE = "priority-tests"  # no worker consumes it
+SEP = "\x06\x16"  # kombu's separator between a queue's name and its priority level
+
+
+def level(queue: str, priority: int) -> str:
+    """The Redis list holding ``queue``'s messages of ``priority`` (level 0 is the queue's own list)."""
+    return queue if priority == 0 else f"{queue}{SEP}{priority}"
+
+
+def messages_on(redis_client, key: str) -> list[dict]:
+    return [json.loads(raw) for raw in redis_client.lrange(key, 0, -1)]
+
+
+def every_minute(name: str, priority: int | None, job: str = "heartbeat", args: str = "[]") -> PeriodicTask:
+    interval = IntervalSchedule.objects.get_or_create(every=60, period=IntervalSchedule.SECONDS)[0]
+    task = PeriodicTask.objects.create(name=name, task=job, args=args, interval=interval, priority=priority)
+    SchedulePolicy.objects.filter(task=task).update(anchor=T0, created_at=T0, queue=QUEUE)
+    return task
+
+
+@pytest.fixture
+def queue(redis_client):
+    keys = [level(QUEUE, p) for p in range(10)]
+    redis_client.delete(*keys)
+    yield QUEUE
+    redis_client.delete(*keys)
+
+
+def test_a_priority_out_of_the_brokers_range_is_refused_with_the_range():
+    with pytest.raises(ValidationError) as refused:
+        every_minute("too high", priority=12)
+    assert "with the Redis broker it is 0 to 9, and 0 goes first" in refused.value.message_dict["priority"][0]
+    assert not PeriodicTask.objects.filter(name="too high").exists()
+
+    with pytest.raises(ValidationError):
+        dispatch("heartbeat", priority=10)
+    assert not JobRun.objects.exists()
+
+
+def test_beat_publishes_each_slot_with_its_schedules_priority(beat_engine, queue, redis_client):
+    urgent, plain = every_minute("urgent", priority=7), every_minute("plain", priority=None)
+    beat_engine.load(now=T0)
+
+    beat_engine.tick(now=T0 + timedelta(seconds=60))
+
+    (message,) = messages_on(redis_client, level(QUEUE, 7))
+    assert message["properties"]["priority"] == 7
+    assert message["headers"]["id"] == str(JobRun.objects.get(schedule=urgent).pk)
+    (message,) = messages_on(redis_client, level(QUEUE, 0))
+    assert message["headers"]["id"] == str(JobRun.objects.get(schedule=plain).pk)
+
+
+def test_run_now_and_the_outbox_keep_the_schedules_priority(queue, redis_client):
+    task = every_minute("urgent", priority=3)
+
+    (run,) = run_schedules_now(PeriodicTask.objects.filter(pk=task.pk), requested_by="alice").sent
+    (message,) = messages_on(redis_client, level(QUEUE, 3))
+    assert message["headers"]["id"] == str(run.pk)
+
+    # A run left in the outbox (a broker outage at dispatch) is re-sent with it too.
+    redis_client.delete(level(QUEUE, 3))
+    record_outbox([run.pk])
+    assert publish_outbox(app) == 1
+    assert [m["headers"]["id"] for m in messages_on(redis_client, level(QUEUE, 3))] == [str(run.pk)]
+    assert not OutboxBatch.objects.exists()
+
+
+@pytest.mark.slow
+def test_a_better_priority_overtakes_runs_queued_before_it_in_the_real_worker(worker, clean_queues):
+    # Both worker children busy (prefetch 1 and late acks: the worker takes nothing more meanwhile).
+    blockers = [dispatch("diagnostics.sleep", [3]) for _ in range(2)]
+    for blocker in blockers:
+        wait_for_run(blocker.pk, statuses={RunStatus.RUNNING}, timeout=60)
+    low = [dispatch("diagnostics.sleep", [0.2], priority=9) for _ in range(3)]
+    task = PeriodicTask.objects.create(
+        name="urgent sleep",
+        task="diagnostics.sleep",
+        args="[0.2]",
+        interval=IntervalSchedule.objects.get_or_create(every=3600, period=IntervalSchedule.SECONDS)[0],
+        priority=1,
+        enabled=False,
+    )
+    (urgent,) = run_schedules_now(PeriodicTask.objects.filter(pk=task.pk), requested_by="alice").sent
+
+    finished = {run.pk: wait_for_run(run.pk, timeout=60) for run in [*low, urgent]}
+
+    assert {run.status for run in finished.values()} == {RunStatus.SUCCEEDED}
+    started = {pk: run.started_at for pk, run in finished.items()}
+    assert all(started[urgent.pk] < started[run.pk] for run in low), started
