@@ -1,69 +1,39 @@
-"""Schedules in the admin: django-celery-beat's pages plus our policy on the same page.
+"""Schedules in the admin: one schedule field with a live preview, and the policy on the same page.
 
-The periodic-task form validates the job name and arguments against the job
-catalog, and the crontab form refuses crons that are invalid, in an unknown
-time zone, or can never fire; an invalid page saves nothing.
+The periodic-task page (``scheduler.schedule_form.ScheduleForm``) shows only
+what beat honours: a job picked from the catalog with its JSON arguments, one
+schedule (cron text with its time zone, an interval with its anchor, or a
+one-off time) stored in django-celery-beat's rows, and the run policy in
+fieldsets below. Its preview URL answers the form's fields with the schedule
+in words and its next runs (``scheduler.preview``). The crontab and interval
+pages stay for browsing rows; their forms refuse what beat could not run.
+An invalid page saves nothing.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest, JsonResponse
+from django.urls import URLPattern, path
+from django.utils import timezone
 from django_celery_beat.admin import CrontabScheduleAdmin as BeatCrontabAdmin
 from django_celery_beat.admin import IntervalScheduleAdmin as BeatIntervalAdmin
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
-from django_celery_beat.admin import PeriodicTaskForm as BeatPeriodicTaskForm
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from jobs.catalog import validate_job_call
 from scheduler.admin_actions import ScheduleActionsMixin
 from scheduler.admin_audit import ScheduleAuditMixin
 from scheduler.admin_columns import ScheduleColumnsMixin
 from scheduler.admin_history import ScheduleHistoryMixin
 from scheduler.models import SchedulePolicy
-from scheduler.validation import (
-    changed_schedule_fields,
-    validate_cron,
-    validate_interval,
-    validate_periodic_task,
-    validate_policy,
-)
-
-
-def add_errors(form: forms.BaseForm, error: ValidationError, fallback_field: str | None = None) -> None:
-    """Attach a ValidationError's messages to the form fields it names."""
-    if hasattr(error, "error_dict"):
-        for field, messages in error.message_dict.items():
-            target = field if field in form.fields else fallback_field
-            for message in messages:
-                form.add_error(target, message)
-    else:
-        form.add_error(fallback_field, error)
-
-
-class PeriodicTaskForm(BeatPeriodicTaskForm):
-    def clean(self):
-        data = super().clean()
-        if self.errors:
-            return data
-        try:
-            validate_job_call(data.get("task", ""), data.get("args", "[]"), data.get("kwargs", "{}"))
-        except ValidationError as exc:
-            add_errors(self, exc)
-        return data
-
-    def _post_clean(self):
-        """Run the save-time check on the instance as it will be saved, so it is a form error, not a 500."""
-        # django-stubs leaves out ModelForm's private _post_clean, which Django calls after clean().
-        super()._post_clean()  # type: ignore[misc]
-        if self.errors:
-            return
-        try:
-            validate_periodic_task(self.instance, changed_schedule_fields(self.instance))
-        except ValidationError as exc:
-            add_errors(self, exc)
+from scheduler.preview import schedule_preview
+from scheduler.schedule_form import ScheduleForm, add_errors
+from scheduler.validation import validate_cron, validate_interval, validate_policy
 
 
 class PolicyFormSet(BaseInlineFormSet):
@@ -105,17 +75,29 @@ class SchedulePolicyInline(admin.StackedInline):
     can_delete = False
     min_num = 0
     max_num = 1
-    verbose_name = "Run policy (time limits, queue, catch-up, overlap, alerting)"
-    fields = (
-        ("soft_time_limit", "hard_time_limit"),
-        "queue",
-        ("catchup", "overlap"),
-        ("starting_deadline", "jitter"),
-        ("grace", "late_after", "expected_duration"),
-        ("failures_before_alert", "successes_before_recovery", "remind_every"),
-        "slug",
-        "problem",
-        "last_slot_at",
+    verbose_name = "Run policy"
+    verbose_name_plural = "Run policy"
+    fieldsets = (
+        (
+            "Limits",
+            {
+                "fields": (("soft_time_limit", "hard_time_limit"),),
+                "description": "Seconds. Empty: the job's default limits (shown in the preview above).",
+            },
+        ),
+        ("Queue", {"fields": ("queue",)}),
+        ("Catch-up and overlap", {"fields": (("catchup", "overlap"),)}),
+        ("Starting deadline and jitter", {"fields": (("starting_deadline", "jitter"),)}),
+        (
+            "Grace and alert routing",
+            {
+                "fields": (
+                    ("grace", "late_after", "expected_duration"),
+                    ("failures_before_alert", "successes_before_recovery", "remind_every"),
+                )
+            },
+        ),
+        ("Status", {"fields": (("slug", "last_slot_at"), "problem")}),
     )
     readonly_fields = ("slug", "problem", "last_slot_at")
 
@@ -131,9 +113,61 @@ class PeriodicTaskAdmin(
     ScheduleAuditMixin,
     BeatPeriodicTaskAdmin,
 ):
-    form = PeriodicTaskForm
+    form = ScheduleForm  # type: ignore[assignment]  # django-celery-beat's admin is untyped
     inlines = [SchedulePolicyInline]
     change_form_template = "admin/scheduler/schedule_change_form.html"
+    fieldsets = (  # type: ignore[assignment]
+        (None, {"fields": ("name", "task", ("args", "kwargs"), "enabled", "description")}),
+        (
+            "Schedule",
+            {
+                "fields": (
+                    "schedule_kind",
+                    ("cron", "timezone"),
+                    ("every", "period", "anchor"),
+                    "run_at",
+                    ("start_time", "expires"),
+                )
+            },
+        ),
+        (
+            "Priority",
+            {
+                "fields": ("priority",),
+                "description": "The message priority of this schedule's runs "
+                "(0-255; empty: the queue's default).",
+            },
+        ),
+    )
+    readonly_fields = ()  # type: ignore[assignment]
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # Not django-celery-beat's changeform_view: it loads every crontab row
+        # (readable_crontabs, for its own template) on each page view.
+        return admin.ModelAdmin.changeform_view(self, request, object_id, form_url, extra_context)
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.model._meta.app_label, self.model._meta.model_name
+        preview = path(
+            "preview/", self.admin_site.admin_view(self.preview_view), name="{}_{}_preview".format(*info)
+        )
+        return [preview, *super().get_urls()]
+
+    def preview_view(self, request: HttpRequest) -> JsonResponse:
+        """The live preview: the page's fields (GET) → words, next runs, field errors, the job (JSON)."""
+        if not self.has_view_permission(request):
+            return JsonResponse({"error": "You may not view schedules."}, status=403)
+        form_class = cast("type[ScheduleForm]", self.get_form(request))
+        status, body = schedule_preview(request.GET, timezone.now(), form_class)
+        return JsonResponse(body, status=status)
+
+    def save_model(self, request, obj, form, change):
+        form.save_schedule_row()
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        form.save_policy_parts()
 
 
 class CrontabForm(forms.ModelForm):
