@@ -34,8 +34,10 @@ from auditlog.cid import get_cid
 from auditlog.context import auditlog_disabled
 from auditlog.diff import get_field_value
 from auditlog.models import LogEntry
+from auditlog.receivers import log_update
 from auditlog.registry import auditlog
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from django.db.models.signals import pre_save
 from django.utils import timezone
@@ -72,6 +74,13 @@ def register() -> None:
     for model, excluded in BOOKKEEPING.items():
         if not auditlog.contains(model):
             auditlog.register(model, include_fields=tracked_fields(model), exclude_fields=list(excluded))
+            # auditlog's update receiver reads the stored row on every save; ours skips the saves of
+            # bookkeeping fields only (django-celery-beat's scheduler storing its counters), see _log_update.
+            auditlogs_uid = auditlog._dispatch_uid(pre_save, log_update)
+            if not pre_save.disconnect(sender=model, dispatch_uid=auditlogs_uid):
+                # A newer auditlog connects differently: fail at start rather than read every row twice.
+                raise ImproperlyConfigured("auditlog's pre_save receiver was not found; see scheduler.audit")
+            pre_save.connect(_log_update, sender=model, dispatch_uid=f"scheduler.audit.{model.__name__}")
     pre_save.connect(_readable_schedule_keys, sender=LogEntry, dispatch_uid="scheduler.audit.readable_keys")
 
 
@@ -79,6 +88,20 @@ def tracked_fields(model: type[models.Model]) -> list[str]:
     """The columns a person edits: not the key, not bookkeeping, not reverse relations (``runs``)."""
     excluded = BOOKKEEPING[model]
     return [f.name for f in model._meta.concrete_fields if not f.primary_key and f.name not in excluded]
+
+
+def _log_update(sender, instance: models.Model, update_fields=None, **kwargs) -> None:
+    """auditlog's ``log_update``, except for a save whose ``update_fields`` are all untracked.
+
+    Such a save (``save(update_fields=["total_run_count", "last_run_at"])``)
+    can change nothing the audit shows, and auditlog would read the stored
+    row to find that out: one query per save on a path that must stay cheap.
+    """
+    if update_fields is not None:
+        tracked = _tracked_by_name(sender, update_fields)
+        if not tracked:
+            return
+    log_update(sender=sender, instance=instance, update_fields=update_fields, **kwargs)
 
 
 def describe_schedule_row(model: type[models.Model], row: models.Model) -> str:
