@@ -51,6 +51,7 @@ from scheduler.services import (
 )
 
 PAUSE_TEMPLATE = "admin/scheduler/pause_schedules.html"
+SHOWN_NAMES = 50  # the pause page names this many of the selected schedules, then counts the rest
 # (name, label, hint) of the schedule page's pause button, or its resume button once paused.
 PAUSE = ("pause", "Pause…", "Skip its slots, with a note, until a time or until resumed")
 RESUME = ("resume", "Resume", "Its next slot runs; slots skipped while paused are not caught up")
@@ -161,13 +162,22 @@ class ScheduleActionsMixin(admin.ModelAdmin):
             )
             self.report_paused(request, names, form.cleaned_data["until"])
             return None
-        tasks = list(queryset.order_by("name").values_list("pk", "name"))
+        # "Select all N" on the list: carry the flag (and one id, which Django requires), not
+        # N ids; the list's filters ride along in the page's URL, which the form posts back to.
+        across = bool(not form_action and request.POST.get("select_across") == "1")
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True)[: 1 if across else None])
+        shown = list(queryset.order_by("name").values_list("pk", "name")[:SHOWN_NAMES])
+        count = queryset.count()
         context = {
             **self.admin_site.each_context(request),
             "title": "Pause schedules",
             "opts": self.model._meta,
             "form": form,
-            "schedules": tasks,
+            "shown": shown,
+            "count": count,
+            "more": count - len(shown),
+            "ids": ids,
+            "select_across": across,
             "form_action": form_action,
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "on_list": not form_action,

@@ -493,3 +493,32 @@ def test_the_run_and_pause_permissions_each_allow_only_their_own_buttons(client,
     assert client.post(page_url(task, "run")).status_code == 403
     client.post(page_url(task, "pause"), {"note": "freeze", "apply": "Pause"})
     assert SchedulePolicy.objects.get(task=task).paused_by == "pauser"
+
+
+def test_pausing_all_schedules_across_pages_carries_the_flag_not_every_id(client, engine):
+    tasks = [every_10_seconds(f"s{i}") for i in range(3)]
+    every_10_seconds("other", enabled=False)
+    filtered = f"{CHANGELIST}?enabled__exact=1"
+    first = {"action": "pause_tasks", "_selected_action": [tasks[0].pk], "select_across": "1", "index": 0}
+
+    page = client.post(filtered, first).content.decode()
+
+    assert page.count('name="_selected_action"') == 1 and 'name="select_across" value="1"' in page
+    assert "these 3 schedules" in page
+    client.post(
+        filtered,
+        {
+            "action": "pause_tasks",
+            "_selected_action": [tasks[0].pk],
+            "select_across": "1",
+            "note": "n",
+            "apply": "Pause",
+        },
+    )
+    assert set(
+        SchedulePolicy.objects.filter(paused_at__isnull=False).values_list("task__name", flat=True)
+    ) == {
+        "s0",
+        "s1",
+        "s2",
+    }
