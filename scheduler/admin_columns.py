@@ -76,7 +76,9 @@ class LastRunStatusFilter(admin.SimpleListFilter):
             return queryset
         if value not in RunStatus.values:
             return queryset.none()
-        ids = schedules_whose_last_run_is(value)
+        # Succeeded is where most schedules are: reading its runs would find nearly every
+        # run and keep a tenth, so it goes straight to probing (a page is found at once).
+        ids = None if value == RunStatus.SUCCEEDED else schedules_whose_last_run_is(value)
         if ids is not None:
             return queryset.filter(pk__in=ids)
         # Most schedules match: probing each schedule's newest run finds a page quickly.
