@@ -141,6 +141,9 @@ def test_view_only_staff_see_the_schedule_page_read_only_without_buttons(client,
     assert not response.context.get("schedule_actions")
     for button in BUTTONS:
         assert button not in html
+    # The change history is for reading too; auditlog's own list needs its permission, so no link.
+    assert "Change history" in html
+    assert "/admin/auditlog/logentry/" not in html
 
 
 def test_view_only_staff_are_refused_every_write(client, staff, schedule):
