@@ -140,6 +140,7 @@ def next_slots(
     schedule ends: a one-off that is past, an expiry, a cron that never fires.
     A disabled task, or one beat would quarantine (``UnusableSchedule``:
     unknown job, invalid cron, ...), gets ``[]``: beat runs neither.
+    A slot past the calendar's end (year 9999) ends the list too.
     A paused schedule still has its slots (beat claims them, as skipped).
 
     ``defaults`` is ``scheduler.beat.entries.job_defaults()``; pass it once
@@ -154,8 +155,11 @@ def next_slots(
     except UnusableSchedule:
         return []
     slots: list[datetime] = []
-    slot = entry.next_slot(after)
-    while slot is not None and len(slots) < count:
-        slots.append(slot)
-        slot = entry.next_slot(slot)
+    try:
+        slot = entry.next_slot(after)
+        while slot is not None and len(slots) < count:
+            slots.append(slot)
+            slot = entry.next_slot(slot)
+    except OverflowError:  # the next slot is past year 9999 (a huge interval): there is none
+        pass
     return slots
