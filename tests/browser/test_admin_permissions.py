@@ -65,5 +65,10 @@ def test_a_view_only_user_sees_schedules_read_only_with_no_save_and_no_action_bu
     expect(page.locator("form.schedule-action, [class*=schedule-action-]")).to_have_count(0)
     for label in ("Run now", "Pause…", "Resume", "Duplicate"):
         expect(page.get_by_role("button", name=label)).to_have_count(0)
+    # The change history reads the same for them: the seeding created it, no person.
+    history = page.locator("#schedule-audit")
+    expect(history.locator("h2")).to_have_text("Change history")
+    expect(history.locator(".audit-entry").first).to_contain_text("(no user: a script or a command)")
+    expect(history.locator(".audit-entry").first).to_contain_text("created")
     # Nothing on the page is an editable field of the schedule.
     expect(page.locator("#periodictask_form input[name=name], #periodictask_form select")).to_have_count(0)
