@@ -34,6 +34,7 @@ from django.views.decorators.http import require_POST
 from django_celery_beat.models import PeriodicTask
 
 from jobs.models import JobRun
+from scheduler.beat.entries import pause_message
 from scheduler.models import SchedulePolicy
 from scheduler.services import (
     PAUSE_NOTE_MAX,
@@ -55,6 +56,13 @@ SHOWN_NAMES = 50  # the pause page names this many of the selected schedules, th
 # (name, label, hint) of the schedule page's pause button, or its resume button once paused.
 PAUSE = ("pause", "Pause…", "Skip its slots, with a note, until a time or until resumed")
 RESUME = ("resume", "Resume", "Its next slot runs; slots skipped while paused are not caught up")
+
+
+def resume_button(paused_by: str, until: datetime | None, note: str) -> tuple[str, str, str]:
+    """The resume button of a paused schedule; its hint says the pause as its skipped runs do."""
+    name, label, hint = RESUME
+    said = pause_message(paused_by, until, note)
+    return name, label, f"{said[:1].upper()}{said[1:]}. {hint}"
 
 
 class PauseForm(forms.Form):
@@ -247,14 +255,18 @@ class ScheduleActionsMixin(admin.ModelAdmin):
         """The page's buttons this user may press: label, URL and a hint (empty for a missing task)."""
         if not object_id.isdigit():
             return []  # not a schedule's page: Django's change_view says so
-        is_paused = SchedulePolicy.objects.filter(paused_now(), task_id=int(object_id)).exists()
+        pause = (
+            SchedulePolicy.objects.filter(paused_now(), task_id=int(object_id))
+            .values_list("paused_by", "paused_until", "pause_note")
+            .first()
+        )
 
         def url(name: str) -> str:
             return reverse(f"admin:django_celery_beat_periodictask_{name}", args=[object_id])
 
         offered = [
             (self.has_run_permission, "run", "Run now", "One run now, recorded as manual with your name"),
-            (self.has_pause_permission, *(RESUME if is_paused else PAUSE)),
+            (self.has_pause_permission, *(PAUSE if pause is None else resume_button(*pause))),
             (self.has_change_permission, "duplicate", "Duplicate", "A disabled copy named “… (copy)”"),
         ]
         buttons = [

@@ -437,7 +437,9 @@ def test_the_schedule_page_offers_its_buttons_and_they_act(client, engine):
     response = client.post(page_url(task, "pause"), {"note": "db migration", "until": "", "apply": "Pause"})
     assert response.status_code == 302
     assert SchedulePolicy.objects.get(task=task).pause_note == "db migration"
-    assert page_url(task, "resume") in client.get(page_url(task)).content.decode()
+    page = client.get(page_url(task)).content.decode()
+    assert page_url(task, "resume") in page
+    assert 'title="Paused by alice: db migration. Its next slot runs;' in page
 
     client.post(page_url(task, "resume"))
     assert SchedulePolicy.objects.get(task=task).paused_at is None
