@@ -228,3 +228,17 @@ def test_a_reconcile_notices_a_pause_written_behind_the_change_log(engine):
 
     assert engine.reconcile(now=T0 + timedelta(seconds=5)) == 1
     assert engine.pauses[task.pk].message == "paused: raw SQL"
+
+
+def test_a_beat_restarted_during_a_pause_skips_the_downtime_slots_instead_of_catching_them_up(engine):
+    task = every_minute(catchup=CatchUp.ALL)
+    pause(task, T0 + timedelta(seconds=30))
+    SchedulePolicy.objects.filter(task=task).update(last_slot_at=T0)
+    now = T0 + 3 * MINUTE + timedelta(seconds=10)  # beat was down for slots 1, 2 and 3
+    engine.load(now=now)
+
+    engine.tick(now=now)
+
+    assert [(slot, status) for slot, status, _ in runs_of(task)] == [
+        (T0 + m * MINUTE, RunStatus.SKIPPED) for m in (1, 2, 3)
+    ]
