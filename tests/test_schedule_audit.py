@@ -169,6 +169,7 @@ def test_an_admin_edit_records_who_when_and_the_cron_before_and_after(client, al
     page = client.get(page_url(task)).content.decode()
     assert "Change history" in page
     assert "alice" in page
+    assert f"{task_entry.timestamp.astimezone(UTC):%Y-%m-%d %H:%M:%S}</time>" in page
     assert (
         '<span class="audit-before">0 9 * * 1-5 Europe/Berlin (At 09:00, Monday through Friday)</span> → '
         '<span class="audit-after">30 6 * * * UTC (At 06:30)</span>'
