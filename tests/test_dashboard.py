@@ -133,6 +133,13 @@ def test_failing_schedules_are_those_whose_newest_executed_run_ended_badly(staff
     page = response.content.decode()
     assert f"/admin/jobs/jobrun/{bad.pk}/change/" in page
     assert "ValueError: bad row" in page
+    # Both ways to find the candidates (collected by the window's scan on PostgreSQL, or
+    # read from the window again) give the same schedules.
+    since = response.context["since"]
+    window = dashboard.scan_window(since)
+    if connection.vendor == "postgresql":
+        assert window.bad_run_ids is not None and bad.pk in window.bad_run_ids
+    assert dashboard.failing_schedules(since, None) == dashboard.failing_schedules(since, window.bad_run_ids)
 
 
 def test_paused_schedules_are_those_paused_now(staff):
