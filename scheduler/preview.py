@@ -72,7 +72,13 @@ def schedule_preview(
     form = form_class(data=data, instance=instance)
     form.is_valid()
     errors = {field: list(messages) for field, messages in form.errors.items() if field in REPORTED_FIELDS}
-    body: dict[str, Any] = {"errors": errors, "job": job_info(data.get("task", "")), "runs": [], "words": ""}
+    body: dict[str, Any] = {
+        "fields": REPORTED_FIELDS,
+        "errors": errors,
+        "job": job_info(data.get("task", "")),
+        "runs": [],
+        "words": "",
+    }
     if any(field in errors for field in SCHEDULE_FIELDS):
         return 200, body
     body.update(upcoming_runs(form, now))

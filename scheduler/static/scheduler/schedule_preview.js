@@ -46,8 +46,14 @@
     return params;
   }
 
-  function showErrors(errors) {
+  // The preview checks ``fields`` as a save would: its answer replaces their errors
+  // (a save's errors shown by the server, then the previous live ones).
+  function showErrors(errors, fields) {
     for (const old of form.querySelectorAll(".live-errors")) old.remove();
+    for (const name of fields || []) {
+      const element = block(name);
+      if (element) for (const old of element.querySelectorAll(".errorlist")) old.remove();
+    }
     for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
     for (const [name, messages] of Object.entries(errors || {})) {
       const element = block(name);
@@ -110,7 +116,7 @@
       answer = { errors: {}, words: `preview unavailable: ${error}` };
     }
     if (ticket !== latest) return; // a newer answer is on its way
-    showErrors(answer.errors);
+    showErrors(answer.errors, answer.fields);
     showRuns(answer);
     showJob(answer.job);
     section.dataset.state = "ready";
