@@ -21,6 +21,9 @@ Guarantees and edge cases:
   option for that (``AUDITLOG_USE_FK_STRING_REPRESENTATION``) is global and
   would use django-celery-beat's ``str()`` (``"0 9 * * 1-5 (m/h/dM/MY/d)
   Europe/Berlin"``); a ``pre_save`` hook on ``LogEntry`` rewrites only ours.
+- A crontab / interval / clocked row edited in place (on its own admin page;
+  the schedule page never does that) changes every schedule using it: each
+  of them gets an entry, the row's old and new meaning as before → after.
 - Values are strings in auditlog's own format (``str()``; a datetime as naive
   UTC; ``"None"`` for empty), whichever path wrote them.
 """
@@ -39,7 +42,7 @@ from auditlog.registry import auditlog
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
-from django.db.models.signals import pre_save
+from django.db.models.signals import post_save, pre_save
 from django.utils import timezone
 from django_celery_beat.models import (
     ClockedSchedule,
@@ -66,6 +69,8 @@ SCHEDULE_KEYS: dict[str, type[models.Model]] = {
     "solar": SolarSchedule,
 }
 
+KEY_OF_ROW = {model: key for key, model in SCHEDULE_KEYS.items()}
+
 EMPTY = "None"  # how auditlog stores an empty value
 
 
@@ -82,6 +87,10 @@ def register() -> None:
                 raise ImproperlyConfigured("auditlog's pre_save receiver was not found; see scheduler.audit")
             pre_save.connect(_log_update, sender=model, dispatch_uid=f"scheduler.audit.{model.__name__}")
     pre_save.connect(_readable_schedule_keys, sender=LogEntry, dispatch_uid="scheduler.audit.readable_keys")
+    for row_model in KEY_OF_ROW:
+        uid = f"scheduler.audit.row.{row_model.__name__}"
+        pre_save.connect(_schedule_row_saving, sender=row_model, dispatch_uid=uid)
+        post_save.connect(_schedule_row_saved, sender=row_model, dispatch_uid=uid)
 
 
 def tracked_fields(model: type[models.Model]) -> list[str]:
@@ -104,7 +113,7 @@ def _log_update(sender, instance: models.Model, update_fields=None, **kwargs) ->
     log_update(sender=sender, instance=instance, update_fields=update_fields, **kwargs)
 
 
-def describe_schedule_row(model: type[models.Model], row: models.Model) -> str:
+def describe_schedule_row(row: models.Model) -> str:
     """A crontab / interval / clocked / solar row as a person reads it, time zone included."""
     if isinstance(row, CrontabSchedule):
         expression = " ".join(
@@ -135,9 +144,7 @@ def schedule_key_texts(values: Iterable[tuple[str, object]]) -> dict[tuple[str, 
     texts: dict[tuple[str, str], str] = {}
     for name, ids in wanted.items():
         model = SCHEDULE_KEYS[name]
-        found = {
-            row.pk: describe_schedule_row(model, row) for row in model._default_manager.filter(pk__in=ids)
-        }
+        found = {row.pk: describe_schedule_row(row) for row in model._default_manager.filter(pk__in=ids)}
         for pk in ids:
             texts[(name, str(pk))] = found.get(pk, f"{name} #{pk} (deleted)")
     return texts
@@ -204,17 +211,12 @@ def record_bulk_edit(task_ids_before: dict[int, dict[str, object]], after: dict[
     """
     if not task_ids_before or auditlog_disabled.get():
         return
-    names = dict(PeriodicTask.objects.filter(pk__in=list(task_ids_before)).values_list("pk", "name"))
-    cid = get_cid()
-    now = timezone.now()
-    entries = []
-    task_changes: list[dict[str, list[str]]] = []  # made readable below, in one query per kind of key
+    changes: dict[type[models.Model], dict[int, dict[str, list[str]]]] = {}
     for model in BOOKKEEPING:
         fields = _tracked_by_name(model, after)
         if not fields:
             continue
         new = {field.name: _logged_value(model, field, after[name]) for name, field in fields.items()}
-        content_type = ContentType.objects.get_for_model(model)
         for task_id, before in task_ids_before.items():
             old = {
                 field.name: _logged_value(model, field, before[name])
@@ -222,23 +224,31 @@ def record_bulk_edit(task_ids_before: dict[int, dict[str, object]], after: dict[
                 if name in before
             }
             changed = {name: [old[name], new[name]] for name in old if old[name] != new[name]}
-            if not changed:
-                continue
-            if model is PeriodicTask:
-                task_changes.append(changed)
-            entries.append(
-                LogEntry(
-                    content_type=content_type,
-                    object_pk=str(task_id),
-                    object_id=task_id,
-                    object_repr=names.get(task_id, f"schedule #{task_id}"),
-                    action=LogEntry.Action.UPDATE,
-                    changes=changed,
-                    cid=cid,
-                    timestamp=now,
-                )
-            )
-    readable_changes(task_changes)
+            if changed:
+                changes.setdefault(model, {})[task_id] = changed
+    readable_changes(changes.get(PeriodicTask, {}).values())
+    write_entries(changes)
+
+
+def write_entries(changes: dict[type[models.Model], dict[int, dict[str, list[str]]]]) -> None:
+    """Write an UPDATE entry per (model, task id) with its changes, as auditlog would: actor, cid, time."""
+    task_ids = {task_id for by_task in changes.values() for task_id in by_task}
+    names = dict(PeriodicTask.objects.filter(pk__in=task_ids).values_list("pk", "name"))
+    cid, now = get_cid(), timezone.now()
+    entries = [
+        LogEntry(
+            content_type=ContentType.objects.get_for_model(model),
+            object_pk=str(task_id),
+            object_id=task_id,
+            object_repr=names.get(task_id, f"schedule #{task_id}"),
+            action=LogEntry.Action.UPDATE,
+            changes=changed,
+            cid=cid,
+            timestamp=now,
+        )
+        for model, by_task in changes.items()
+        for task_id, changed in by_task.items()
+    ]
     # bulk_create sends no pre_save, which is how auditlog gives an entry its actor, address and
     # port (a receiver connected only while its middleware's context is open: reading its context
     # variable directly would find the last request's user after the request ended). Sent here.
@@ -247,3 +257,30 @@ def record_bulk_edit(task_ids_before: dict[int, dict[str, object]], after: dict[
             sender=LogEntry, instance=entry, raw=False, using=LogEntry.objects.db, update_fields=None
         )
     LogEntry.objects.bulk_create(entries, batch_size=1000)
+
+
+# Set on a schedule row by pre_save (what it said before), read by post_save of the same save.
+_ROW_BEFORE = "_scheduler_audit_row_before"
+
+
+def _schedule_row_saving(sender, instance: models.Model, raw: bool = False, **kwargs) -> None:
+    if raw or instance._state.adding or instance.pk is None or auditlog_disabled.get():
+        return
+    old = sender._default_manager.filter(pk=instance.pk).first()
+    if old is not None:
+        setattr(instance, _ROW_BEFORE, describe_schedule_row(old))
+
+
+def _schedule_row_saved(sender, instance: models.Model, raw: bool = False, **kwargs) -> None:
+    """A crontab / interval / clocked row edited in place (its own admin page): an entry per task using it.
+
+    The schedule page never does this (it picks or creates a row), but the
+    row's own page does, and it changes every schedule that uses the row.
+    """
+    before = instance.__dict__.pop(_ROW_BEFORE, None)
+    after = describe_schedule_row(instance)
+    if raw or before is None or before == after:
+        return
+    key = KEY_OF_ROW[sender]
+    task_ids = PeriodicTask.objects.filter(**{key: instance.pk}).values_list("pk", flat=True)
+    write_entries({PeriodicTask: {task_id: {key: [before, after]} for task_id in task_ids}})

@@ -362,3 +362,23 @@ def test_a_bulk_edits_audit_costs_the_same_queries_for_10_or_1000_schedules(alic
     assert LogEntry.objects.filter(action=LogEntry.Action.UPDATE).count() == 1010
     entry = LogEntry.objects.filter(object_repr="bulk-11").get()
     assert (entry.actor, entry.changes) == (alice, {"crontab": ["2 3 * * * UTC", "15 4 * * * Europe/Berlin"]})
+
+
+def test_a_crontab_row_edited_on_its_own_page_records_an_entry_for_each_schedule_using_it(
+    client, alice, weekday_berlin
+):
+    shared = weekday_berlin.crontab
+    other = PeriodicTask.objects.create(name="also weekdays", task="heartbeat", crontab=shared)
+    LogEntry.objects.all().delete()
+    url = f"/admin/django_celery_beat/crontabschedule/{shared.pk}/change/"
+    parser = FormValues()
+    parser.feed(client.get(url).content.decode())
+
+    response = client.post(url, {**parser.values, "hour": "10", "_save": "Save"})
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    for task in (weekday_berlin, other):
+        (entry,) = entries_of(task)
+        assert entry.actor == alice
+        assert entry.changes == {"crontab": ["0 9 * * 1-5 Europe/Berlin", "0 10 * * 1-5 Europe/Berlin"]}
+    assert "At 10:00, Monday through Friday" in client.get(page_url(other)).content.decode()
