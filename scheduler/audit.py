@@ -15,7 +15,7 @@ Guarantees and edge cases:
   that changes only them writes no entry. Beat's own writes (``last_slot_at``,
   ``problem``) are ``QuerySet.update()`` calls, which auditlog never sees.
 - The crontab / interval / clocked / solar foreign keys are stored as what
-  they mean (``"0 9 * * 1-5 Europe/Berlin"``, ``"every 5 minutes"``,
+  they mean (``"0 9 * * 1-5 Europe/Berlin"``, ``"Every 5 minutes"``,
   ``"once at 2026-12-01 09:00:00 UTC"``), read when the entry is written, so
   the history stays true after the row is edited or deleted. auditlog's own
   option for that (``AUDITLOG_USE_FK_STRING_REPRESENTATION``) is global and
@@ -52,7 +52,9 @@ from django_celery_beat.models import (
     SolarSchedule,
 )
 
+from scheduler.describe import describe_interval
 from scheduler.models import SchedulePolicy
+from scheduler.validation import cron_expression
 
 # Written by beat, the worker or the database, never by a person: tracking them would flood the log.
 BOOKKEEPING: dict[type[models.Model], tuple[str, ...]] = {
@@ -116,12 +118,9 @@ def _log_update(sender, instance: models.Model, update_fields=None, **kwargs) ->
 def describe_schedule_row(row: models.Model) -> str:
     """A crontab / interval / clocked / solar row as a person reads it, time zone included."""
     if isinstance(row, CrontabSchedule):
-        expression = " ".join(
-            str(part) for part in (row.minute, row.hour, row.day_of_month, row.month_of_year, row.day_of_week)
-        )
-        return f"{expression} {row.timezone}"
+        return f"{cron_expression(row)} {row.timezone}"
     if isinstance(row, IntervalSchedule):
-        return f"every {row.every} {row.period}"  # django-celery-beat's periods are plural words
+        return describe_interval(row.every, row.period)
     if isinstance(row, ClockedSchedule):
         when = row.clocked_time
         if timezone.is_aware(when):

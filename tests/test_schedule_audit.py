@@ -228,7 +228,7 @@ def test_a_bulk_edit_of_the_schedule_row_reads_as_what_it_means(alice):
     (entry,) = entries_of(task)
     assert entry.actor == alice
     assert entry.changes == {
-        "interval": ["every 5 minutes", "None"],
+        "interval": ["Every 5 minutes", "None"],
         "clocked": ["None", "once at 2030-01-02 03:04:00 UTC"],
         "one_off": ["False", "True"],
     }
