@@ -100,6 +100,7 @@ from jobs.workers import LIVE_SECONDS
 from lib.sequences import chunks
 from scheduler.beat.engine import QUARANTINE_PREFIX
 from scheduler.models import BeatLease, ScheduleChange, SchedulePolicy
+from scheduler.services import paused_now
 
 logger = logging.getLogger(__name__)
 
@@ -698,10 +699,15 @@ class Cycle:
     # --- judging schedules -----------------------------------------------------------
     def load_schedules(self, ids: set[int]) -> None:
         for chunk in chunks(sorted(ids)):
+            paused = set(
+                PeriodicTask.objects.filter(paused_now(self.now, "policy__"), pk__in=chunk).values_list(
+                    "pk", flat=True
+                )
+            )
             for row in PeriodicTask.objects.filter(pk__in=chunk).values(
                 "id", "name", "task", "enabled", "crontab__timezone"
             ):
-                self.info[row["id"]] = dict(row)
+                self.info[row["id"]] = {**row, "paused": row["id"] in paused}
             for pk, state, since in ScheduleHealth.objects.filter(schedule_id__in=chunk).values_list(
                 "schedule_id", "state", "since"
             ):
@@ -731,8 +737,8 @@ class Cycle:
                 continue  # deleted: its open incident is resolved by sweep_paused_and_deleted
             self.report.schedules_judged += 1
             with self.isolated(schedule_id):
-                if not info["enabled"]:
-                    self.pause(schedule_id)
+                if not info["enabled"] or info["paused"]:
+                    self.pause(schedule_id, "schedule paused" if info["enabled"] else "schedule disabled")
                     continue
                 active.append(schedule_id)
                 if self.health.get(schedule_id, (Health.UP,))[0] == Health.PAUSED:
@@ -866,17 +872,18 @@ class Cycle:
             return
         self.on_bad(schedule_id, event)
 
-    def pause(self, schedule_id: int) -> None:
+    def pause(self, schedule_id: int, reason: str) -> None:
+        """A disabled or paused schedule: its open incident resolves quietly, its health is paused."""
         incident = self.open.pop(schedule_id, None)
         if incident is not None and incidents.resolve(
             incident,
             now=self.now,
-            resolution="schedule disabled (paused)",
+            resolution=f"{reason} (paused)",
             quietly=True,
             health=Health.PAUSED,
         ):
             self.report.resolved += 1
-        incidents.set_health(schedule_id, Health.PAUSED, now=self.now, reason="schedule disabled")
+        incidents.set_health(schedule_id, Health.PAUSED, now=self.now, reason=reason)
 
     def _limits(self, schedule_id: int) -> Thresholds:
         return self.thresholds.get(schedule_id, DEFAULT_THRESHOLDS)
@@ -1117,31 +1124,39 @@ class Cycle:
 
     # --- open incidents --------------------------------------------------------------
     def sweep_paused_and_deleted(self) -> None:
-        """Open schedule incidents whose schedule was disabled (paused) or deleted resolve quietly."""
+        """Open schedule incidents whose schedule was disabled, paused or deleted resolve quietly."""
+        stopped = Q(schedule__enabled=False) | paused_now(self.now, "schedule__policy__")
         for incident in Incident.objects.filter(
-            Q(schedule__isnull=True) | Q(schedule__enabled=False),
+            Q(schedule__isnull=True) | stopped,
             resolved_at__isnull=True,
             scope__startswith="schedule:",
-        ):
+        ).select_related("schedule"):
             deleted = incident.schedule_id is None
+            disabled = not deleted and not incident.schedule.enabled
             if incidents.resolve(
                 incident,
                 now=self.now,
-                resolution="schedule deleted" if deleted else "schedule disabled (paused)",
+                resolution="schedule deleted"
+                if deleted
+                else ("schedule disabled (paused)" if disabled else "schedule paused (paused)"),
                 quietly=True,
                 health=None if deleted else Health.PAUSED,
             ):
                 self.report.resolved += 1
 
     def resume_enabled(self) -> None:
-        """Paused schedules that are enabled again are up (also when the change log missed the edit).
+        """Paused schedules that are enabled and unpaused again are up.
 
-        Reads the paused health rows (one per disabled schedule the detector
-        has seen) joined to their schedule: no walk of the schedules.
+        Also when the change log missed the edit, and when a pause ended by
+        its end time (which writes nothing). Reads the paused health rows (one
+        per disabled or paused schedule the detector has seen) joined to their
+        schedule: no walk of the schedules.
         """
-        for schedule_id in ScheduleHealth.objects.filter(
-            state=Health.PAUSED, schedule__enabled=True
-        ).values_list("schedule_id", flat=True):
+        for schedule_id in (
+            ScheduleHealth.objects.filter(state=Health.PAUSED, schedule__enabled=True)
+            .exclude(paused_now(self.now, "schedule__policy__"))
+            .values_list("schedule_id", flat=True)
+        ):
             incidents.set_health(schedule_id, Health.UP, now=self.now, reason="schedule enabled again")
 
     def send_reminders(self) -> None:

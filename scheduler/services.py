@@ -201,10 +201,14 @@ PAUSE_FIELDS = ("paused_at", "paused_until", "pause_note", "paused_by")
 PAUSE_NOTE_MAX = SchedulePolicy._meta.get_field("pause_note").max_length or 500
 
 
-def paused_now(now: datetime | None = None) -> Q:
-    """``SchedulePolicy`` rows paused at ``now``: paused, and with no end or an end still to come."""
-    return Q(paused_at__isnull=False) & (
-        Q(paused_until__isnull=True) | Q(paused_until__gt=now or timezone.now())
+def paused_now(now: datetime | None = None, path: str = "") -> Q:
+    """``SchedulePolicy`` rows paused at ``now``: paused, and with no end or an end still to come.
+
+    ``path`` reaches the policy from another model (``"schedule__policy__"``
+    from an incident, ``"policy__"`` from a ``PeriodicTask``).
+    """
+    return Q(**{f"{path}paused_at__isnull": False}) & (
+        Q(**{f"{path}paused_until__isnull": True}) | Q(**{f"{path}paused_until__gt": now or timezone.now()})
     )
 
 

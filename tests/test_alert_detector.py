@@ -24,6 +24,7 @@ from alerts.models import Channel, Flip, Health, Incident, Notification, Schedul
 from jobs.catalog import publish_catalog
 from jobs.models import JobRun, RunStatus, WorkerPresence
 from scheduler.models import BeatLease, SchedulePolicy
+from scheduler.services import pause_schedules, resume_schedules
 
 pytestmark = pytest.mark.django_db
 
@@ -369,6 +370,39 @@ def test_a_disabled_schedule_is_paused_and_its_incident_resolves_quietly(clock):
         "paused",
         "up",
     ]
+
+
+def test_a_paused_schedule_resolves_quietly_and_is_up_again_when_its_pause_ends_by_itself(clock):
+    schedule = make_schedule()
+    ended(schedule, RunStatus.FAILED, slot=clock.now - timedelta(seconds=3))
+    clock.cycle()
+    until = clock.now + timedelta(seconds=60)
+    pause_schedules(PeriodicTask.objects.filter(pk=schedule.pk), "deploy freeze", until, "alice")
+
+    assert clock.cycle().resolved == 1
+    incident = Incident.objects.get()
+    assert incident.resolution == "schedule paused (paused)"
+    assert notifications("resolve") == 0
+    assert state(schedule) == Health.PAUSED
+    assert clock.cycle(after=30).opened == 0, "still paused: the old failure does not reopen"
+    assert state(schedule) == Health.PAUSED
+
+    clock.cycle(after=60)  # past its end time: nothing was written, the detector sees the time
+    assert state(schedule) == Health.UP
+    assert clock.cycle().opened == 0
+
+
+def test_resuming_a_paused_schedule_by_hand_makes_it_up(clock):
+    schedule = make_schedule()
+    tasks = PeriodicTask.objects.filter(pk=schedule.pk)
+    pause_schedules(tasks, "vendor outage", None, "alice")
+    clock.cycle()
+    assert state(schedule) == Health.PAUSED
+    clock.cycle(after=3600)
+    assert state(schedule) == Health.PAUSED, "a pause without an end lasts until resumed"
+    resume_schedules(tasks)
+    clock.cycle()
+    assert state(schedule) == Health.UP
 
 
 def test_a_muted_schedule_opens_quietly_and_pages_when_it_fails_again_after_the_mute(clock):
