@@ -349,10 +349,13 @@ class ScheduleForm(forms.ModelForm):
             return
         changed = []
         anchor = self.cleaned_data.get("anchor")
+        # The field shows whole seconds (beat reads the anchor at whole seconds too): an untouched
+        # field is no edit, so it writes no change.
         if (
             self.cleaned_data.get("schedule_kind") == INTERVAL
             and anchor is not None
-            and policy.anchor != anchor
+            and "anchor" in self.changed_data
+            and anchor != policy.anchor.replace(microsecond=0)
         ):
             policy.anchor = anchor
             changed.append("anchor")

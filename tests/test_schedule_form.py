@@ -274,6 +274,27 @@ class TestEdit:
         )
         assert form["anchor"].value() == datetime(2026, 3, 1, 12, 0, 7)
 
+    def test_saving_an_interval_page_untouched_keeps_its_anchor(self, admin_client):
+        every = IntervalSchedule.objects.create(every=2, period="hours")
+        task = PeriodicTask.objects.create(name="often", task=JOB, interval=every)
+        anchor = datetime(2026, 3, 1, 12, 0, 7, 123456, tzinfo=UTC)
+        SchedulePolicy.objects.filter(task=task).update(anchor=anchor)
+        shown = admin_client.get(change_url(task)).context["adminform"].form["anchor"].value()
+
+        fields = {"schedule_kind": "interval", "every": "2", "period": "hours", "anchor": shown.isoformat()}
+        response = admin_client.post(change_url(task), edit_page(admin_client, task, name="often", **fields))
+        assert response.status_code == 302, response.content.decode()[:3000]
+        assert SchedulePolicy.objects.get(task=task).anchor == anchor
+
+        fields["anchor"] = "2026-03-01T12:30:00"
+        assert (
+            admin_client.post(
+                change_url(task), edit_page(admin_client, task, name="often", **fields)
+            ).status_code
+            == 302
+        )
+        assert SchedulePolicy.objects.get(task=task).anchor == datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+
     def test_an_invalid_edit_changes_nothing(self, admin_client):
         crontab = CrontabSchedule.objects.create(minute="0", hour="9", timezone="UTC")
         task = PeriodicTask.objects.create(name="keep", task=JOB, crontab=crontab)

@@ -56,7 +56,10 @@ def test_typing_a_cron_previews_it_with_the_dst_day_and_saves_it(page: Page) -> 
         expect(moved).to_contain_text("03:00 CEST")
         expect(moved).to_contain_text("01:00 UTC")
         expect(moved).to_contain_text("clocks jump from 02:00 to 03:00")
-        expect(preview.locator("[data-preview=job-name]")).to_have_text(JOB)
+        # The job's doc, queue and limits, beside the job picker.
+        job = page.locator(".field-task [data-preview=job]")
+        expect(job.locator("[data-preview=job-name]")).to_have_text(JOB)
+        expect(job).to_contain_text("limits soft")
 
         # An invalid expression: the error shows on the field as it is typed.
         page.fill("input[name=cron]", "61 2 * 3 0")

@@ -7,7 +7,7 @@
   const section = document.getElementById("schedule-preview");
   if (!section) return;
   const form = section.closest("form");
-  const part = (name) => section.querySelector(`[data-preview="${name}"]`);
+  const part = (name) => form.querySelector(`[data-preview="${name}"]`);
   const FIELDS_OF_KIND = {
     cron: ["cron", "timezone"],
     interval: ["every", "period", "anchor"],
@@ -135,6 +135,9 @@
     if (event.target.name === "schedule_kind") showKindFields();
     if (!(event.target.name || "").startsWith("policy-")) schedule();
   });
+  // The chosen job's doc, queue and limits sit beside the job picker.
+  const jobBlock = block("task");
+  if (jobBlock) jobBlock.append(part("job"));
   showKindFields();
   refresh();
 })();
