@@ -47,7 +47,9 @@ def nice_ceiling(value: float) -> float:
     return float(10 * power)  # not reached: 10 × power ≥ value
 
 
-def _ticks(top: float, count: int = 4) -> list[float]:
+def _ticks(top: float) -> list[float]:
+    """Gridlines from 0 to ``top`` (a nice ceiling) on whole steps: 1 → 0, 1; 2000 → 0, 400, … 2000."""
+    count = next(n for n in (5, 4, 2, 1) if (top / n).is_integer())
     return [top * i / count for i in range(count + 1)]
 
 
@@ -55,15 +57,24 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
 
 
-def _legend(series: Sequence[Series], x: float, y: float) -> list[str]:
-    parts = []
+CHAR_WIDTH = 6.2  # a rough width of one character at font-size 11, to lay the legend out
+LEGEND_ROW = 16
+
+
+def _legend(series: Sequence[Series], left: float, right: float) -> tuple[list[str], int]:
+    """Legend items from ``left``, wrapped before ``right``; returns them and how many rows they took."""
+    parts, x, row = [], left, 0
     for series_item in series:
+        width = 20 + CHAR_WIDTH * len(series_item.label)
+        if x + width > right and x > left:
+            x, row = left, row + 1
+        y = 14 + row * LEGEND_ROW
         parts.append(
             f'<rect x="{x:.1f}" y="{y - 9:.1f}" width="10" height="10" fill="{escape(series_item.color)}"/>'
             f'<text x="{x + 14:.1f}" y="{y:.1f}" {FONT}>{escape(series_item.label)}</text>'
         )
-        x += 20 + 7 * len(series_item.label)
-    return parts
+        x += width
+    return parts, row + 1
 
 
 def _svg(title: str, width: int, height: int, body: list[str]) -> SafeString:
@@ -91,11 +102,12 @@ def stacked_columns(
     ``label_every`` labels every n-th category on the x axis (24 hours: every
     3rd); ``describe(category, series, value)`` words a segment's tooltip.
     """
-    left, right, top, bottom = 48, 10, 30, 40
+    left, right, bottom = 48, 10, 40
+    body, legend_rows = _legend(series, left, width - right)
+    top = 14 + legend_rows * LEGEND_ROW
     plot_w, plot_h = width - left - right, height - top - bottom
     totals = [sum(v.get(s.key, 0) for s in series) for v in values]
     y_top = nice_ceiling(max(totals, default=0))
-    body = _legend(series, left, 14)
     for tick in _ticks(y_top):
         y = top + plot_h - tick / y_top * plot_h
         body.append(
@@ -147,14 +159,15 @@ def grouped_bars(
     width: int = 760,
 ) -> SafeString:
     """One row per label, one horizontal bar per series; ``None`` (no figure) draws no bar."""
-    left, right, top, bar_h, gap = 170, 60, 30, 12, 10
+    left, right, bar_h, gap = 170, 60, 12, 10
+    body, legend_rows = _legend(series, left, width - right)
+    top = 14 + legend_rows * LEGEND_ROW
     row_h = bar_h * len(series) + gap
     plot_w = width - left - right
     plot_h = max(row_h, row_h * len(labels))
     height = top + plot_h + 30
     figures = [v for row in values for v in row.values() if v is not None]
     x_top = nice_ceiling(max(figures, default=0))
-    body = _legend(series, left, 14)
     for tick in _ticks(x_top):
         x = left + tick / x_top * plot_w
         body.append(

@@ -86,7 +86,10 @@ STATUS_COLORS = {
     RunStatus.QUEUED: "#aec7e8",
     RunStatus.SUCCEEDED: "#2ca02c",
 }
-STATUS_SERIES = [Series(status.value, status.label, color) for status, color in STATUS_COLORS.items()]
+# Labels as the run list shows them, capitalised alike ("Soft timeout", "Failed").
+STATUS_SERIES = [
+    Series(status.value, str(status.label).capitalize(), color) for status, color in STATUS_COLORS.items()
+]
 
 
 @dataclass(frozen=True)
