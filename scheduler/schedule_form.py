@@ -247,6 +247,9 @@ class ScheduleForm(forms.ModelForm):
         self.initial = {**schedule_initial(self.instance), **self.initial}
         # A schedule row chosen in clean() that does not exist yet (created by save_schedule_row).
         self._new_row: models.Model | None = None
+        # The one-off row the task has now: the field shows it to the second, so keeping that second
+        # keeps this row (an edit of the name is no new one-off time, and not "in the past").
+        self._current_clocked = self.instance.clocked
 
     # --- cleaning ----------------------------------------------------------------------------
 
@@ -306,6 +309,9 @@ class ScheduleForm(forms.ModelForm):
             when = django_timezone.make_naive(run_at).replace(tzinfo=ZoneInfo(zone)).astimezone(UTC)
         except OverflowError:
             raise ValidationError({"clocked": "That time is out of range."}) from None
+        current = self._current_clocked
+        if current is not None and current.clocked_time.replace(microsecond=0) == when:
+            return current
         return identical_or_new(ClockedSchedule, clocked_time=when)
 
     def _post_clean(self) -> None:

@@ -295,6 +295,28 @@ class TestEdit:
         )
         assert SchedulePolicy.objects.get(task=task).anchor == datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
+    def test_an_edit_keeps_a_one_off_row_shown_to_the_second(self, admin_client):
+        when = datetime.now(UTC) + timedelta(days=1, microseconds=1234)
+        clocked = ClockedSchedule.objects.create(clocked_time=when)
+        task = PeriodicTask.objects.create(name="once", task=JOB, clocked=clocked, one_off=True)
+        shown = admin_client.get(change_url(task)).context["adminform"].form["run_at"].value()
+
+        fields = {
+            "schedule_kind": "one_off",
+            "run_at": shown.strftime("%Y-%m-%dT%H:%M:%S"),
+            "timezone": "UTC",
+        }
+        response = admin_client.post(
+            change_url(task), edit_page(admin_client, task, name="once, renamed", **fields)
+        )
+        assert response.status_code == 302, response.content.decode()[:3000]
+        task.refresh_from_db()
+        assert (task.name, task.clocked_id, ClockedSchedule.objects.count()) == (
+            "once, renamed",
+            clocked.pk,
+            1,
+        )
+
     def test_an_invalid_edit_changes_nothing(self, admin_client):
         crontab = CrontabSchedule.objects.create(minute="0", hour="9", timezone="UTC")
         task = PeriodicTask.objects.create(name="keep", task=JOB, crontab=crontab)
