@@ -30,6 +30,7 @@ from scheduler.admin_actions import ScheduleActionsMixin
 from scheduler.admin_audit import ScheduleAuditMixin
 from scheduler.admin_columns import ScheduleColumnsMixin
 from scheduler.admin_history import ScheduleHistoryMixin
+from scheduler.describe import describe_schedule
 from scheduler.models import SchedulePolicy
 from scheduler.preview import schedule_preview
 from scheduler.schedule_form import ScheduleForm, add_errors
@@ -82,7 +83,7 @@ class SchedulePolicyInline(admin.StackedInline):
             "Limits",
             {
                 "fields": (("soft_time_limit", "hard_time_limit"),),
-                "description": "Seconds. Empty: the job's default limits (shown in the preview above).",
+                "description": "Seconds. Empty: the job's default limits (shown beside the job).",
             },
         ),
         ("Queue", {"fields": ("queue",)}),
@@ -140,6 +141,22 @@ class PeriodicTaskAdmin(
         ),
     )
     readonly_fields = ()  # type: ignore[assignment]
+    # A viewer without the change permission sees the schedule in words (the page's inputs are
+    # not model fields, so Django's read-only rendering could not show them) and the preview.
+    read_only_fieldsets = (
+        (None, {"fields": ("name", "task", ("args", "kwargs"), "enabled", "description")}),
+        ("Schedule", {"fields": ("schedule_in_words", ("start_time", "expires"))}),
+        ("Priority", {"fields": ("priority",)}),
+    )
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is not None and not self.has_change_permission(request, obj):
+            return self.read_only_fieldsets
+        return super().get_fieldsets(request, obj)
+
+    @admin.display(description="Schedule")
+    def schedule_in_words(self, task: PeriodicTask) -> str:
+        return describe_schedule(task)
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         # Not django-celery-beat's changeform_view: it loads every crontab row

@@ -38,7 +38,15 @@ from scheduler.beat.entries import job_defaults
 from scheduler.beat.slots import CronSpec, _transitions, next_cron_slot
 from scheduler.describe import describe_cron, describe_interval, describe_schedule, next_slots
 from scheduler.models import SchedulePolicy
-from scheduler.schedule_form import CRON, INTERVAL, JOB_FIELDS, SCHEDULE_FIELDS, ScheduleForm, policy_of
+from scheduler.schedule_form import (
+    CRON,
+    INTERVAL,
+    JOB_FIELDS,
+    SCHEDULE_FIELDS,
+    ScheduleForm,
+    policy_of,
+    schedule_initial,
+)
 from scheduler.validation import cron_expression
 
 RUNS = 5
@@ -67,6 +75,8 @@ def schedule_preview(
         )
         if instance is None:
             return 404, {"error": f"There is no schedule {raw_id}."}
+    if instance is not None and "schedule_kind" not in params:
+        return 200, saved_preview(instance, now)  # a read-only page: no inputs, the saved schedule
     data = params.copy()
     data["name"] = _PLACEHOLDER_NAME
     form = form_class(data=data, instance=instance)
@@ -139,6 +149,28 @@ def upcoming_runs(form: ScheduleForm, now: datetime) -> dict[str, Any]:
     elif not slots:
         result["note"] = "It will not run again."
     return result
+
+
+def saved_preview(task: PeriodicTask, now: datetime) -> dict[str, Any]:
+    """The preview of ``task`` as saved (a viewer's read-only page): beat's next runs of its row."""
+    kind = schedule_initial(task)["schedule_kind"]
+    crontab = task.crontab
+    expression = cron_expression(crontab) if crontab is not None else None
+    zone_name = str(crontab.timezone) if crontab is not None else "UTC"
+    slots = next_slots(task, now, RUNS)
+    return {
+        "fields": (),
+        "errors": {},
+        "job": job_info(task.task),
+        "kind": kind,
+        "words": describe_schedule(task),
+        "expression": expression,
+        "timezone": zone_name,
+        "runs": [run_of(slot, ZoneInfo(zone_name), expression) for slot in slots],
+        "note": ""
+        if slots
+        else ("Disabled: beat runs nothing." if not task.enabled else "It will not run again."),
+    }
 
 
 def run_of(slot: datetime, zone: ZoneInfo, expression: str | None) -> dict[str, Any]:

@@ -319,3 +319,25 @@ def test_the_preview_shows_the_slots_beats_entry_claims(admin_user, expression, 
         slot = entry.next_slot(slot)
     assert [datetime.fromisoformat(run["utc"]) for run in body["runs"]] == expected
     assert timedelta(0) < (expected[0] - now) if expected else True
+
+
+def test_a_viewer_sees_the_saved_schedule_in_words_and_its_runs(client):
+    """Without the change permission the page has no inputs: words, and the preview of the saved row."""
+    crontab = CrontabSchedule.objects.create(
+        minute="0", hour="9", day_of_week="1-5", timezone="Europe/Berlin"
+    )
+    task = PeriodicTask.objects.create(name="weekdays", task=JOB, crontab=crontab)
+    viewer = get_user_model().objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_periodictask"))
+    client.force_login(viewer)
+
+    page = client.get(
+        reverse("admin:django_celery_beat_periodictask_change", args=[task.pk])
+    ).content.decode()
+    assert "At 09:00, Monday through Friday (Europe/Berlin)" in page
+    assert 'name="cron"' not in page
+
+    body = client.get(URL, {"id": task.pk}).json()
+    assert body["words"] == "At 09:00, Monday through Friday (Europe/Berlin)"
+    assert len(body["runs"]) == 5 and body["runs"][0]["local_text"].endswith(("09:00 CET", "09:00 CEST"))
+    assert body["job"]["name"] == JOB
