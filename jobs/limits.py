@@ -13,18 +13,25 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 # Redis redelivers a message its worker has not acknowledged within the
-# visibility timeout. The clock starts when the worker reserves the message,
-# which may be a while before a pool process starts it (prefetch), so a hard
-# limit needs room below the timeout, not just to be under it.
+# visibility timeout; RabbitMQ closes the channel of a delivery left
+# unacknowledged past its consumer_timeout, which gives the message back too.
+# Either clock starts when the worker reserves the message, which may be a
+# while before a pool process starts it (prefetch), so a hard limit needs room
+# below the timeout, not just to be under it.
 VISIBILITY_SHARE = 0.75
 
 
-def max_hard_time_limit() -> int | None:
-    """The longest hard limit the broker allows, or ``None`` (RabbitMQ has no visibility timeout)."""
-    if not urlparse(settings.CELERY_BROKER_URL).scheme.startswith("redis"):
-        return None
-    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
-    return int(timeout * VISIBILITY_SHARE)
+def broker_redelivery_timeout() -> tuple[int, str] | None:
+    """(seconds, the setting that holds them) after which the broker hands an unacked message out again.
+
+    ``None`` when the broker never does while its worker's connection lives
+    (RabbitMQ with ``consumer_timeout`` off: ``BROKER_CONSUMER_TIMEOUT=0``).
+    """
+    if urlparse(settings.CELERY_BROKER_URL).scheme.startswith("redis"):
+        return settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"], "BROKER_VISIBILITY_TIMEOUT"
+    if settings.BROKER_CONSUMER_TIMEOUT:
+        return settings.BROKER_CONSUMER_TIMEOUT, "BROKER_CONSUMER_TIMEOUT"
+    return None
 
 
 def validate_time_limits(soft: int | None, hard: int | None) -> None:
@@ -42,15 +49,19 @@ def validate_time_limits(soft: int | None, hard: int | None) -> None:
             f"The hard limit ({hard} s) must be longer than the soft limit ({soft} s): "
             "the soft limit lets the job clean up before the hard limit kills it."
         )
-    ceiling = max_hard_time_limit()
-    if not errors and hard is not None and ceiling is not None and hard > ceiling:
-        timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
-        errors["hard_time_limit"] = (
-            f"The hard limit ({hard} s) is too close to the broker's visibility timeout "
-            f"(BROKER_VISIBILITY_TIMEOUT = {timeout} s): Redis would hand the message to another "
-            f"worker while this one still runs it. Keep hard limits at or below {ceiling} s "
-            f"({VISIBILITY_SHARE:.0%} of the timeout), or raise BROKER_VISIBILITY_TIMEOUT to at least "
-            f"{-(-hard * 4 // 3)} s."
-        )
+    redelivery = broker_redelivery_timeout()
+    if not errors and hard is not None and redelivery is not None:
+        timeout, setting = redelivery
+        ceiling = int(timeout * VISIBILITY_SHARE)
+        if hard > ceiling:
+            on_redis = setting == "BROKER_VISIBILITY_TIMEOUT"
+            errors["hard_time_limit"] = (
+                f"The hard limit ({hard} s) is too close to the broker's "
+                f"{'visibility' if on_redis else 'consumer'} timeout ({setting} = {timeout} s): "
+                f"{'Redis' if on_redis else 'RabbitMQ'} would hand the message to another worker while "
+                f"this one still runs it. Keep hard limits at or below {ceiling} s ({VISIBILITY_SHARE:.0%} "
+                f"of the timeout), or raise {setting} to at least {-(-hard * 4 // 3)} s"
+                + ("." if on_redis else " (and the server's consumer_timeout with it).")
+            )
     if errors:
         raise ValidationError(errors)

@@ -348,10 +348,12 @@ def _still_running(run: JobRun, now: datetime) -> str:
     """The warning for a copy of a message whose attempt is alive: what happened and the fix."""
     ran_for = f", for {int((now - run.started_at).total_seconds())} s" if run.started_at else ""
     if not settings.CELERY_BROKER_URL.startswith("redis"):
-        # RabbitMQ gives a message back when the connection that took it drops.
+        # RabbitMQ gives a message back when the channel that took it closes: the
+        # worker's connection dropped, or the delivery outlived consumer_timeout.
         return (
             f"redelivered while attempt {run.attempt} still runs on {run.worker}{ran_for} (the broker "
-            "gave its unacknowledged message back, e.g. after that worker's connection dropped); "
+            "gave its unacknowledged message back, e.g. after that worker's connection dropped or "
+            "RabbitMQ's consumer_timeout, BROKER_CONSUMER_TIMEOUT, passed); "
             "this copy is not run, the attempt ends as it ends"
         )
     timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
@@ -418,6 +420,20 @@ def record_lost_process(
 ABANDONED_MARGIN_SECONDS = 600
 
 
+def abandoned_after_seconds() -> int:
+    """How long after an attempt started no copy of its message can still come back to take it over.
+
+    Redis gives an unacknowledged message back after its visibility timeout:
+    twice that, plus the margin. RabbitMQ gives it back when the channel that
+    took it closes, which a dead worker's already has: the copy is delivered
+    at once (or waits in the queue), so the margin alone.
+    """
+    if settings.CELERY_BROKER_URL.startswith("redis"):
+        timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout") or 3600
+        return 2 * timeout + ABANDONED_MARGIN_SECONDS
+    return ABANDONED_MARGIN_SECONDS
+
+
 def record_abandoned_attempts(now: datetime | None = None, limit: int = 100) -> int:
     """Record ``lost`` the runs still ``running`` on a dead worker that nothing will end; return how many.
 
@@ -425,15 +441,15 @@ def record_abandoned_attempts(now: datetime | None = None, limit: int = 100) -> 
     and the copy takes the attempt over. That cannot happen when no message is
     left: a copy ignored while the attempt ran was acknowledged, so if the
     worker then died, nothing comes back. A run is abandoned when it started
-    more than twice the visibility timeout (plus ``ABANDONED_MARGIN_SECONDS``)
-    ago and its attempt is not alive (``attempt_is_alive``: no fresh presence
-    from the process that started it). A live attempt is never touched, and if
-    a dead-looking one reports its end after all, that end replaces ``lost``.
+    more than ``abandoned_after_seconds()`` ago and its attempt is not alive
+    (``attempt_is_alive``: no fresh presence from the process that started
+    it). A live attempt is never touched, and if a dead-looking one reports
+    its end after all, that end replaces ``lost``.
     Called by every worker's presence thread; each run is one guarded UPDATE.
     """
     now = now or timezone.now()
-    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout") or 3600
-    cutoff = now - timedelta(seconds=2 * timeout + ABANDONED_MARGIN_SECONDS)
+    window = abandoned_after_seconds()
+    cutoff = now - timedelta(seconds=window)
     candidates = (
         JobRun.objects.filter(status=RunStatus.RUNNING, started_at__lt=cutoff)
         .exclude(attempt_is_alive(now))
@@ -452,7 +468,7 @@ def record_abandoned_attempts(now: datetime | None = None, limit: int = 100) -> 
                 error_type="WorkerLostError",
                 error_message=(
                     f"attempt {attempt} was lost: its worker {worker or '?'} stopped while running it, and "
-                    f"no copy of its message came back to take it over within {2 * timeout} s"
+                    f"no copy of its message came back to take it over within {window} s"
                 ),
             )
         )

@@ -190,6 +190,12 @@ if not REDIS_URL:
 # RabbitMQ is supported too: BROKER_URL=amqp://... ; Redis stays the default.
 CELERY_BROKER_URL = envstr("BROKER_URL") or REDIS_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# RabbitMQ has no visibility timeout: it gives an unacknowledged message back
+# when the channel that took it closes, and it closes a channel whose delivery
+# stays unacknowledged past its consumer_timeout (30 min by default). Tell us
+# the server's value (seconds; 0: the server has it off), so hard limits stay
+# within it (jobs/limits.py).
+BROKER_CONSUMER_TIMEOUT = envint("BROKER_CONSUMER_TIMEOUT", 1800, minimum=0)
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     # A message is redelivered only if unacked for longer than the longest hard
     # limit; shorter would run a slow job twice. Jobs enforce MAX_HARD_TIME_LIMIT.

@@ -107,7 +107,8 @@ def check_job_time_limits(app_configs=None, **kwargs):
 
     The same rule as a schedule's policy (``validate_time_limits``), applied
     to the defaults each ``@job`` declares, so a job whose default hard limit
-    outlives Redis's visibility timeout is refused before any run of it is
+    outlives the broker's redelivery timeout (Redis's visibility timeout,
+    RabbitMQ's consumer_timeout) is refused before any run of it is
     redelivered to a second worker while the first still runs it. Workers
     run this check at start (``scheduler.celery``).
     """
@@ -128,7 +129,8 @@ def check_job_time_limits(app_configs=None, **kwargs):
                     f"job {spec.name!r}: default limits soft {spec.soft_time_limit} s / "
                     f"hard {spec.hard_time_limit} s: {' '.join(exc.messages)}",
                     hint="Lower the job's hard_time_limit in its @job(...), or raise "
-                    "BROKER_VISIBILITY_TIMEOUT (Redis) above it with room to spare.",
+                    "BROKER_VISIBILITY_TIMEOUT (Redis) or BROKER_CONSUMER_TIMEOUT (RabbitMQ, with "
+                    "the server's consumer_timeout) above it with room to spare.",
                     id="scheduler.E006",
                 )
             )

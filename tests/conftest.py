@@ -106,9 +106,27 @@ def beat_engine(clean_queues):
 
 @pytest.fixture
 def clean_queues(redis_client) -> None:
-    """Empty the job queues (not the routing keys the worker declared)."""
-    for queue in QUEUES.split(","):
-        redis_client.delete(queue)
+    """Empty the job queues (on Redis: not the routing keys the worker declared)."""
+    if settings.CELERY_BROKER_URL.startswith("redis"):
+        for queue in QUEUES.split(","):
+            redis_client.delete(queue)
+    else:
+        purge_amqp_queues(QUEUES.split(","))
+
+
+def purge_amqp_queues(names: Iterable[str]) -> None:
+    """Purge RabbitMQ queues; one not declared yet has nothing to purge."""
+    from scheduler.celery import app
+
+    with app.connection_for_write() as conn:
+        for name in names:
+            channel = conn.channel()
+            try:
+                channel.queue_purge(name)
+            except conn.channel_errors:
+                pass  # 404: the queue does not exist yet (the error closed the channel)
+            finally:
+                channel.close()
 
 
 @pytest.fixture

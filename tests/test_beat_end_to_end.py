@@ -9,7 +9,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from jobs.models import JobRun, RunStatus
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 
 def wait_for_succeeded_runs(task: PeriodicTask, count: int, timeout: float) -> list[JobRun]:

@@ -17,7 +17,7 @@ from scheduler.celery import app
 from tests.conftest import wait_for_run
 from tests.support.processes import children_of
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 
 def test_a_message_for_a_finished_run_is_acknowledged_and_ignored(worker, catalog, clean_queues):

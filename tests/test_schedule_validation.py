@@ -313,10 +313,28 @@ class TestPolicy:
     @override_settings(
         CELERY_BROKER_URL="amqp://guest@127.0.0.1//",
         CELERY_BROKER_TRANSPORT_OPTIONS={"visibility_timeout": 600},
+        BROKER_CONSUMER_TIMEOUT=1800,
     )
-    def test_rabbitmq_has_no_visibility_timeout_to_respect(self, task):
+    def test_on_rabbitmq_the_consumer_timeout_bounds_the_hard_limit_not_the_visibility_timeout(self, task):
         policy = task.policy
-        policy.soft_time_limit, policy.hard_time_limit = 400, 5000
+        policy.soft_time_limit, policy.hard_time_limit = 400, 1350  # 75 % of 1800 s: allowed
+        policy.save()
+        policy.hard_time_limit = 1400
+        with pytest.raises(ValidationError) as caught:
+            policy.save()
+        message = " ".join(caught.value.messages)
+        assert "consumer timeout (BROKER_CONSUMER_TIMEOUT = 1800 s)" in message
+        assert "RabbitMQ would hand the message to another worker" in message
+        assert "at least 1867 s (and the server's consumer_timeout with it)" in message
+
+    @override_settings(
+        CELERY_BROKER_URL="amqp://guest@127.0.0.1//",
+        CELERY_BROKER_TRANSPORT_OPTIONS={"visibility_timeout": 600},
+        BROKER_CONSUMER_TIMEOUT=0,
+    )
+    def test_rabbitmq_with_its_consumer_timeout_off_bounds_no_hard_limit(self, task):
+        policy = task.policy
+        policy.soft_time_limit, policy.hard_time_limit = 400, 50_000
         policy.save()
 
     def test_a_starting_deadline_of_zero_is_refused_with_what_it_would_mean(self, task):

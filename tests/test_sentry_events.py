@@ -8,7 +8,7 @@ from jobs.dispatch import dispatch
 from tests.conftest import wait_for_run
 from tests.support.sentry_server import tags_of
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 
 def event_for_run(fake_sentry, run_id):

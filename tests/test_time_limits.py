@@ -8,7 +8,7 @@ from jobs.dispatch import dispatch
 from jobs.models import RunStatus
 from tests.conftest import wait_for_run
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 
 def test_it_records_a_soft_timeout_and_lets_the_job_clean_up(worker, catalog, clean_queues):

@@ -99,7 +99,12 @@ def celery(*args: str) -> list[str]:
 
 
 def start_worker(
-    env: dict[str, str], log_dir: Path, name: str = "worker", concurrency: int = 2, pool: str = "prefork"
+    env: dict[str, str],
+    log_dir: Path,
+    name: str = "worker",
+    concurrency: int = 2,
+    pool: str = "prefork",
+    queues: str = QUEUES,
 ) -> Service:
     service = Service(
         name,
@@ -110,7 +115,7 @@ def start_worker(
             "--concurrency",
             str(concurrency),
             "--queues",
-            QUEUES,
+            queues,
             "--loglevel",
             "INFO",
             "--without-mingle",
