@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from jobs.catalog import publish_catalog
 from scheduler.beat.entries import EntryFactory, fetch_rows, job_defaults
+from scheduler.beat.slots import _transitions
 from scheduler.models import SchedulePolicy
 from scheduler.preview import schedule_preview
 from tests.test_cron_properties import cron_expressions
@@ -296,14 +297,21 @@ class TestBadInput:
         assert client.get(URL, {"cron": "@daily"}).status_code == 302  # to the login page
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(
-    expression=cron_expressions,
-    zone=st.sampled_from(ZONES),
-    start=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2028, 12, 31)),
-)
-def test_the_preview_shows_the_slots_beats_entry_claims(admin_user, expression, zone, start):
-    now = start.replace(tzinfo=UTC)
+@st.composite
+def zone_and_now(draw) -> tuple[str, datetime]:
+    """A zone and a moment, half of the time within 3 days before one of its 2026-2027 offset changes."""
+    zone = draw(st.sampled_from(ZONES))
+    changes = [change for year in (2026, 2027) for change in _transitions(zone, year)]
+    if changes and draw(st.booleans()):
+        return zone, draw(st.sampled_from(changes)) - timedelta(minutes=draw(st.integers(0, 3 * 24 * 60)))
+    start = draw(st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2028, 12, 31)))
+    return zone, start.replace(tzinfo=UTC)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(expression=cron_expressions, zone_now=zone_and_now())
+def test_the_preview_shows_the_slots_beats_entry_claims(admin_user, expression, zone_now):
+    zone, now = zone_now
     body = preview(None, now, cron=expression, timezone=zone).json()
     assume(not body["errors"])
     minute, hour, dom, month, dow = expression.split()
