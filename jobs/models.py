@@ -139,6 +139,14 @@ class JobRun(models.Model):
             ),
             # The alert detector reads the runs that ended since its last cycle.
             models.Index(fields=["finished_at"], name="run_by_finish"),
+            # Only runs that ended badly (few): the admin's "last run failed" filter,
+            # the run list filtered on a failure and the dashboard's failing schedules
+            # find them without scanning the history; a success writes no entry.
+            models.Index(
+                fields=["scheduled_for"],
+                condition=models.Q(status__in=["failed", "soft_timeout", "hard_timeout", "lost"]),
+                name="run_failed",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -139,6 +139,11 @@ class SchedulePolicy(models.Model):
             # The few schedules with a problem (quarantined by beat): the alert
             # detector reads them every cycle without walking every policy.
             models.Index(fields=["problem"], condition=~models.Q(problem=""), name="policy_with_problem"),
+            # The few paused schedules: the admin's paused filter, the dashboard and
+            # the alert detector find them without walking every policy.
+            models.Index(
+                fields=["paused_at"], condition=models.Q(paused_at__isnull=False), name="policy_paused"
+            ),
         ]
 
     def __str__(self) -> str:

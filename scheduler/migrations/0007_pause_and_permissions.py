@@ -4,34 +4,52 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('scheduler', '0006_policy_with_problem'),
+        ("scheduler", "0006_policy_with_problem"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='schedulepolicy',
-            options={'permissions': [('run_schedule', 'Can run a schedule now'), ('pause_schedule', 'Can pause and resume a schedule')], 'verbose_name': 'schedule policy', 'verbose_name_plural': 'schedule policies'},
+            name="schedulepolicy",
+            options={
+                "permissions": [
+                    ("run_schedule", "Can run a schedule now"),
+                    ("pause_schedule", "Can pause and resume a schedule"),
+                ],
+                "verbose_name": "schedule policy",
+                "verbose_name_plural": "schedule policies",
+            },
         ),
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='pause_note',
-            field=models.CharField(blank=True, editable=False, help_text='Why it is paused; kept on each skipped run.', max_length=500),
+            model_name="schedulepolicy",
+            name="pause_note",
+            field=models.CharField(
+                blank=True,
+                editable=False,
+                help_text="Why it is paused; kept on each skipped run.",
+                max_length=500,
+            ),
         ),
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='paused_at',
-            field=models.DateTimeField(blank=True, editable=False, help_text='When it was paused; empty: not paused.', null=True),
+            model_name="schedulepolicy",
+            name="paused_at",
+            field=models.DateTimeField(
+                blank=True, editable=False, help_text="When it was paused; empty: not paused.", null=True
+            ),
         ),
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='paused_by',
+            model_name="schedulepolicy",
+            name="paused_by",
             field=models.CharField(blank=True, editable=False, max_length=150),
         ),
         migrations.AddField(
-            model_name='schedulepolicy',
-            name='paused_until',
-            field=models.DateTimeField(blank=True, editable=False, help_text='A paused schedule resumes by itself at this time; empty: until resumed by hand.', null=True),
+            model_name="schedulepolicy",
+            name="paused_until",
+            field=models.DateTimeField(
+                blank=True,
+                editable=False,
+                help_text="A paused schedule resumes by itself at this time; empty: until resumed by hand.",
+                null=True,
+            ),
         ),
     ]
