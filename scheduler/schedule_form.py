@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from django import forms
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
-from django.db import models
+from django.db import connection, models
 from django.utils import timezone as django_timezone
 from django.utils.html import format_html, format_html_join
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
@@ -75,6 +75,8 @@ _LOCAL_INPUT = "%Y-%m-%dT%H:%M:%S"
 # validate_periodic_task reads ``<kind>_id`` to count schedules; a row chosen
 # on this page but not yet created (it is, on save) counts as present.
 _UNSAVED = 0
+# The first key of the advisory locks that serialise creating identical schedule rows.
+_ROW_LOCK_NAMESPACE = 0x5C4E
 
 
 @lru_cache(maxsize=1)
@@ -328,11 +330,20 @@ class ScheduleForm(forms.ModelForm):
     # --- saving (by the admin, once the whole page is valid) -----------------------------------
 
     def save_schedule_row(self) -> None:
-        """Create the schedule row chosen in ``clean`` if it is new, or reuse one saved meanwhile."""
+        """Create the schedule row chosen in ``clean`` if it is new, or reuse one saved meanwhile.
+
+        Call inside the page's transaction (the admin's ``changeform_view`` is
+        atomic): on PostgreSQL a transaction-scoped advisory lock on the row's
+        values makes two pages saving the same new cron at once create it once.
+        """
         row = self._new_row
         if row is None:
             return
         values = {f.attname: getattr(row, f.attname) for f in row._meta.concrete_fields if not f.primary_key}
+        if connection.vendor == "postgresql":
+            key = f"{row._meta.label}:{sorted((name, str(value)) for name, value in values.items())}"
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [_ROW_LOCK_NAMESPACE, key])
         stored = identical_or_new(type(row), **values)
         if stored.pk is None:
             stored.save()  # through the ORM: its pre_save validation and change signals run

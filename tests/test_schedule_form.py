@@ -345,3 +345,46 @@ class TestEdit:
         task = PeriodicTask.objects.create(name="x", task=JOB, crontab=CrontabSchedule.objects.first())
         response = admin_client.get(change_url(task))
         assert "readable_crontabs" not in response.context
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_pages_saving_the_same_new_cron_at_once_create_one_row():
+    """Both pages validate before either saves (neither sees a row to reuse); still one row."""
+    import threading
+    import time
+
+    from django.db import connection, transaction
+
+    from scheduler.schedule_form import ScheduleForm
+
+    publish_catalog(worker="tests")
+    forms = []
+    for name in ("first", "second"):
+        form = ScheduleForm(data={**page(name=name, cron="7 7 7 7 *")})
+        assert form.is_valid(), form.errors
+        forms.append(form)
+    both_ready = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def save(form) -> None:
+        try:
+            both_ready.wait()
+            with transaction.atomic():
+                form.save_schedule_row()
+                form.instance.save()
+                time.sleep(0.3)  # hold the transaction open while the other page saves
+        except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=save, args=(form,)) for form in forms]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not failures, failures
+    assert (
+        CrontabSchedule.objects.filter(minute="7", hour="7", day_of_month="7", month_of_year="7").count() == 1
+    )
+    assert PeriodicTask.objects.filter(name__in=["first", "second"]).count() == 2
