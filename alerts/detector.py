@@ -1131,8 +1131,8 @@ class Cycle:
             resolved_at__isnull=True,
             scope__startswith="schedule:",
         ).select_related("schedule"):
-            deleted = incident.schedule_id is None
-            disabled = not deleted and not incident.schedule.enabled
+            deleted = incident.schedule is None
+            disabled = incident.schedule is not None and not incident.schedule.enabled
             if incidents.resolve(
                 incident,
                 now=self.now,

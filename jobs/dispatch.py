@@ -193,9 +193,7 @@ def _new_run(
         status=RunStatus.QUEUED,
     )
     run.delivery, run.delivery_error = Delivery.AT_COMMIT, ""
-    # The message's priority, not a column (jobs.publishing.message_priority); an attribute
-    # of the returned instance like ``delivery`` (undeclared in jobs.models: not this change's file).
-    run.priority = priority  # type: ignore[attr-defined]
+    run.priority = priority  # the message's, not a column: like ``delivery`` (jobs.models)
     return run
 
 

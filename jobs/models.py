@@ -116,9 +116,11 @@ class JobRun(models.Model):
 
     # Not columns: what became of a dispatched run's message, set on the
     # instance that dispatching returns (a ``Delivery`` value, and why the
-    # broker did not take it).
+    # broker did not take it), and the priority its message carries
+    # (``jobs.publishing.message_priority``).
     delivery: str
     delivery_error: str
+    priority: int | None
 
     class Meta:
         ordering = ["-scheduled_for"]

@@ -315,7 +315,9 @@ def publish_outbox(app: Celery, limit: int = 10_000, older_than: timedelta | Non
         runs: list[JobRun] = []
         for chunk in chunks(batch.run_ids):
             queued = JobRun.objects.filter(pk__in=chunk, status=RunStatus.QUEUED)
-            runs.extend(queued.annotate(priority=F("schedule__priority")))
+            for run in queued.annotate(schedule_priority=F("schedule__priority")):
+                run.priority = run.schedule_priority  # the message's, not a column (jobs.models)
+                runs.append(run)
         runs.sort(key=lambda run: run.scheduled_for)
         sent += send_batch(app, runs, batch.pk)
         if sent >= limit:
