@@ -28,6 +28,7 @@ from django.core.exceptions import ObjectDoesNotExist
 from django_celery_beat.models import PeriodicTask
 
 from scheduler.beat.entries import ROW_FIELDS, EntryFactory, UnusableSchedule, job_defaults
+from scheduler.beat.slots import InvalidInterval
 from scheduler.validation import cron_expression
 
 # The macros cronie and croniter accept, as the five fields they stand for.
@@ -160,6 +161,6 @@ def next_slots(
         while slot is not None and len(slots) < count:
             slots.append(slot)
             slot = entry.next_slot(slot)
-    except OverflowError:  # the next slot is past year 9999 (a huge interval): there is none
+    except InvalidInterval:  # its next slot is past the year 9999: there is none
         pass
     return slots

@@ -92,6 +92,11 @@ def validate_crontab(crontab: CrontabSchedule) -> None:
     validate_cron(cron_expression(crontab), str(crontab.timezone))
 
 
+# Longer than this, an interval fires once at most (the next slot may not even
+# be a date Python can hold: past the year 9999).
+LONGEST_INTERVAL = timedelta(days=36_525)
+
+
 def validate_interval(every: int, period: str) -> timedelta:
     """The interval's length; ``ValidationError`` unless it is at least ``SCHEDULE_MIN_INTERVAL_SECONDS``.
 
@@ -102,6 +107,13 @@ def validate_interval(every: int, period: str) -> timedelta:
         length = interval_length(every, period)
     except InvalidInterval as exc:
         raise ValidationError({"every": f"{exc}."}) from None
+    if length > LONGEST_INTERVAL:
+        raise ValidationError(
+            {
+                "every": f"every {every} {period} is longer than 100 years: it would run once at most. "
+                "Use a one-off time instead."
+            }
+        )
     minimum = settings.SCHEDULE_MIN_INTERVAL_SECONDS
     if length.total_seconds() < minimum:
         raise ValidationError(

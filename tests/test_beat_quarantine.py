@@ -206,6 +206,24 @@ def test_hostile_rows_are_quarantined_and_the_good_schedule_keeps_its_slots(engi
     assert all(r.levelno == logging.ERROR for r in quarantined)
 
 
+def test_an_interval_longer_than_a_century_is_quarantined_and_stops_nothing(engine):
+    good = schedule("good")
+    far = schedule("every 99,999,999 days", interval=own_interval(60))  # valid, then made huge (raw SQL)
+    sql(
+        "UPDATE django_celery_beat_intervalschedule SET every = 99999999, period = 'days' WHERE id = %s",
+        [far.interval_id],
+    )
+    SchedulePolicy.objects.filter(task=far).update(anchor=T0 - timedelta(days=1))
+
+    engine.load(now=T0)  # never raises
+    for seconds in (60, 120):
+        engine.tick(now=T0 + timedelta(seconds=seconds))  # never raises
+
+    assert slots_of(good) == [T0 + timedelta(seconds=s) for s in (60, 120)]
+    assert slots_of(far) == []
+    assert "longer than 100 years" in problem_of(far)
+
+
 def test_a_reload_or_a_second_beat_does_not_report_a_quarantine_again(engine, zoo, caplog):
     caplog.set_level(logging.ERROR, logger="scheduler.beat.engine")
     engine.load(now=T0)

@@ -229,6 +229,7 @@ class TestIntervals:
             (-3, "minutes", "every -3 minutes is not an interval"),
             (500, "microseconds", "shorter than the shortest interval allowed (1 s"),
             (1, "fortnights", "'fortnights' is not an interval unit"),
+            (99_999_999, "days", "every 99999999 days is longer than 100 years: it would run once at most"),
         ],
     )
     def test_the_orm_refuses_an_interval_beat_could_not_run(self, every, period, message):

@@ -448,7 +448,12 @@ def next_interval_slot(anchor: datetime, every: timedelta, after: datetime) -> d
     if after < anchor:
         return anchor
     periods = (after - anchor) // every + 1
-    return anchor + periods * every
+    try:
+        return anchor + periods * every
+    except OverflowError:
+        raise InvalidInterval(
+            f"every {every} from {anchor:%Y-%m-%d %H:%M} UTC: its next slot falls past the year 9999"
+        ) from None
 
 
 INTERVAL_UNITS = {
@@ -471,7 +476,10 @@ def interval_length(every: object, period: str) -> timedelta:
         raise InvalidInterval(f"{period!r} is not an interval unit: use one of {', '.join(INTERVAL_UNITS)}")
     if not isinstance(every, int) or isinstance(every, bool) or every <= 0:
         raise InvalidInterval(f"every {every!r} {period} is not an interval: give a whole number above 0")
-    return every * unit
+    try:
+        return every * unit
+    except OverflowError:
+        raise InvalidInterval(f"every {every} {period} is longer than any schedule can be") from None
 
 
 def next_clocked_slot(clocked_time: datetime, after: datetime) -> datetime | None:
