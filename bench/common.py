@@ -193,3 +193,21 @@ def append_results(text: str) -> None:
     """Add a section to ``bench/results.md``."""
     with (REPO / "bench" / "results.md").open("a") as out:
         out.write("\n" + text)
+
+
+def database_exists(name: str) -> bool:
+    with admin_connection() as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+
+
+def seeded_runs(schedules: int) -> int:
+    """The runs of a database seeded before; refuses one seeded at another number of schedules."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM django_celery_beat_periodictask")
+        found = cursor.fetchone()[0]
+        if found != schedules:
+            raise SystemExit(f"--reuse-db: the database holds {found:,} schedules, not {schedules:,}")
+        cursor.execute("SELECT count(*) FROM jobs_jobrun")
+        return cursor.fetchone()[0]

@@ -36,13 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench.common import (  # noqa: E402
     PYTHON,
-    admin_connection,
     append_results,
     bench_env,
     create_database,
+    database_exists,
     drop_database,
     fmt,
     run_checked,
+    seeded_runs,
     setup_django,
 )
 
@@ -104,23 +105,6 @@ def seed(schedules: int, runs: int, random_heap: bool = False) -> int:
             # (--random-heap keeps the worst case: every day's runs on every page).
             cursor.execute("CLUSTER jobs_jobrun USING run_history")
         cursor.execute("ANALYZE")
-        cursor.execute("SELECT count(*) FROM jobs_jobrun")
-        return cursor.fetchone()[0]
-
-
-def database_exists(name: str) -> bool:
-    with admin_connection() as conn:
-        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
-
-
-def seeded_runs(schedules: int) -> int:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM django_celery_beat_periodictask")
-        found = cursor.fetchone()[0]
-        if found != schedules:
-            raise SystemExit(f"--reuse-db: the database holds {found:,} schedules, not {schedules:,}")
         cursor.execute("SELECT count(*) FROM jobs_jobrun")
         return cursor.fetchone()[0]
 
