@@ -134,6 +134,20 @@ def catalog(transactional_db) -> None:
     publish_catalog(worker="tests")
 
 
+@pytest.fixture
+def alice(django_user_model):
+    """A superuser, for the admin's pages."""
+    return django_user_model.objects.create_superuser("alice", "alice@example.com", "unused")
+
+
+@pytest.fixture
+def alices_client(client, alice):
+    """The test client logged in as ``alice``, with the job catalog published (the admin reads it)."""
+    publish_catalog(worker="tests")
+    client.force_login(alice)
+    return client
+
+
 def wait_for_run(run_id, statuses: Iterable[str] = FINISHED_STATUSES, timeout: float = 60.0) -> JobRun:
     """Poll the run until its status is one of ``statuses``; fail with the last state."""
     wanted = set(statuses)

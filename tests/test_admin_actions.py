@@ -39,8 +39,8 @@ def engine(beat_engine, redis_client):
 
 
 @pytest.fixture
-def admin_user(django_user_model):
-    return django_user_model.objects.create_superuser("alice", "alice@example.com", "unused")
+def admin_user(alice):
+    return alice
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from jobs import admin_lists
-from jobs.catalog import publish_catalog
 from jobs.models import JobRun, RunStatus
 
 pytestmark = pytest.mark.django_db
@@ -28,10 +27,8 @@ T0 = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def client(client, django_user_model):
-    publish_catalog(worker="tests")
-    client.force_login(django_user_model.objects.create_superuser("alice", "alice@example.com", "unused"))
-    return client
+def client(alices_client):
+    return alices_client
 
 
 def add_schedules_and_runs(count: int) -> list[PeriodicTask]:

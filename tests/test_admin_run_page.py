@@ -9,7 +9,6 @@ from django.urls import reverse
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from jobs import runs
-from jobs.catalog import publish_catalog
 from jobs.models import JobDefinition, JobRun, RunStatus
 
 pytestmark = pytest.mark.django_db
@@ -21,10 +20,8 @@ TRACEBACK = (
 
 
 @pytest.fixture
-def client(client, django_user_model):
-    publish_catalog(worker="tests")
-    client.force_login(django_user_model.objects.create_superuser("alice", "alice@example.com", "unused"))
-    return client
+def client(alices_client):
+    return alices_client
 
 
 @pytest.fixture

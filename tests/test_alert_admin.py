@@ -25,8 +25,8 @@ ADD = "/admin/alerts/channel/add/"
 
 
 @pytest.fixture
-def client(client, django_user_model):
-    client.force_login(django_user_model.objects.create_superuser("alice", "alice@example.com", "unused"))
+def client(client, alice):
+    client.force_login(alice)
     return client
 
 

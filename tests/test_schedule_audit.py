@@ -125,11 +125,6 @@ def entries_of(task: PeriodicTask):
 
 
 @pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_superuser("alice", "alice@example.com", "unused")
-
-
-@pytest.fixture
 def client(client, alice):
     client.force_login(alice)
     return client
