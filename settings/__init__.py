@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "scheduler",
     "jobs",
     "alerts",
+    "api",
 ]
 
 MIDDLEWARE = [
