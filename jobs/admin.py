@@ -64,9 +64,10 @@ def run_attempts(run: JobRun) -> Attempts:
 def run_page_context(run: JobRun) -> dict[str, Any]:
     """The run page's sections (template ``admin/jobs/jobrun/change_form.html``).
 
-    Sentry: a run records no event id (``jobs.framework.report_to_sentry``
-    tags the event with the run's id instead), so the page links no event; it
-    says how to find it when Sentry is on (``SENTRY_DSN``). Progress: runs
+    Sentry: a failed run keeps its event's id (``jobs.framework.report_to_sentry``);
+    the page links it when ``SENTRY_WEB_URL`` says where Sentry is, else shows
+    the id to search for. A run that failed before ids were kept (or whose note
+    could not be written) is found by its tag, ``run:<id>``. Progress: runs
     record none yet, so a running run shows that its job reports none.
     """
     return {
@@ -79,7 +80,15 @@ def run_page_context(run: JobRun) -> dict[str, Any]:
         "run_is_running": run.status == RunStatus.RUNNING,
         "sentry_enabled": bool(settings.SENTRY_DSN),
         "sentry_failed": run.status not in ACTIVE_STATUSES and bool(run.error_type),
+        "sentry_event_url": sentry_event_url(run.sentry_event_id),
     }
+
+
+def sentry_event_url(event_id: str) -> str:
+    """Sentry's search for the event (an issue search by event id finds its issue), or ""."""
+    if not event_id or not settings.SENTRY_WEB_URL:
+        return ""
+    return f"{settings.SENTRY_WEB_URL}/issues/?query={event_id}"
 
 
 @admin.register(JobRun)

@@ -100,7 +100,12 @@ def run_tags(run: JobRun) -> dict[str, str]:
 
 
 def report_to_sentry(run: JobRun, exc: BaseException, *, timeout: str | None = None) -> None:
-    """Send one event for a run that ended badly, tagged so it can be found by run."""
+    """Send one event for a run that ended badly, tagged so it can be found by run.
+
+    The event's id is kept on the run (the run page links it). That write is
+    a note, not a change of the run's state, and a failure of it is logged,
+    never raised: reporting must not break the recording of the run's end.
+    """
     with sentry_sdk.new_scope() as scope:
         for key, value in run_tags(run).items():
             scope.set_tag(key, value)
@@ -109,7 +114,12 @@ def report_to_sentry(run: JobRun, exc: BaseException, *, timeout: str | None = N
             # Distinct issues for soft and hard limits of one job.
             scope.fingerprint = ["time-limit", timeout, run.job]
         scope.set_context("run", {"attempt": run.attempt, "worker": run.worker})
-        sentry_sdk.capture_exception(exc)
+        event_id = sentry_sdk.capture_exception(exc)
+    if event_id:
+        try:
+            JobRun.objects.filter(pk=run.pk).update(sentry_event_id=event_id)
+        except DatabaseError:
+            logger.warning("run %s: its Sentry event %s was sent but not noted on the run", run.pk, event_id)
 
 
 def announce_ended(

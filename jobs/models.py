@@ -112,6 +112,15 @@ class JobRun(models.Model):
         null=True, blank=True, help_text="Start minus scheduled time, in milliseconds."
     )
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    # A database default too: beat and the worker insert runs with raw SQL that names
+    # only the columns they set.
+    sentry_event_id = models.CharField(
+        max_length=32,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The Sentry event of its failure, when Sentry is on.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     # Not columns: what became of a dispatched run's message, set on the

@@ -314,6 +314,9 @@ ADMIN_EMAIL = envstr("ADMIN_EMAIL", "admin@example.com")
 SENTRY_DSN = envstr("SENTRY_DSN")
 SENTRY_ENVIRONMENT = envstr("SENTRY_ENVIRONMENT", "development" if DEBUG else "production")
 SENTRY_TRACES_SAMPLE_RATE = envfloat("SENTRY_TRACES_SAMPLE_RATE", 0.0)
+# Where people open Sentry (e.g. https://acme.sentry.io), for the run page's link to
+# a failure's event; the DSN names the ingest host, not the web one.
+SENTRY_WEB_URL = envstr("SENTRY_WEB_URL").rstrip("/")
 
 LOGGING = {
     "version": 1,

@@ -85,7 +85,22 @@ def test_a_queued_run_has_a_progress_place_and_no_error(client, task):
     assert "No error recorded." in html and "Never started." in html
 
 
-def test_sentry_is_named_by_the_run_tag_since_no_event_id_is_stored(client, task, settings):
+def test_a_failed_runs_sentry_event_is_linked_when_sentry_web_url_says_where(client, task, settings):
+    settings.SENTRY_DSN = "https://key@sentry.invalid/1"
+    failed = JobRun.objects.create(
+        schedule=task, job="heartbeat", scheduled_for=T0, status=RunStatus.FAILED,
+        error_type="DrillFailure", error_message="boom", sentry_event_id="0123456789abcdef0123456789abcdef",
+    )  # fmt: skip
+    settings.SENTRY_WEB_URL = ""
+    assert "Its event id is <code>0123456789abcdef0123456789abcdef</code>" in page(client, failed)
+    settings.SENTRY_WEB_URL = "https://acme.sentry.io"
+    assert (
+        '<a href="https://acme.sentry.io/issues/?query=0123456789abcdef0123456789abcdef" rel="noopener">'
+        in page(client, failed)
+    )
+
+
+def test_a_failure_without_an_event_id_is_found_by_the_run_tag(client, task, settings):
     settings.SENTRY_DSN = "https://key@sentry.invalid/1"
     failed = JobRun.objects.create(
         schedule=task, job="heartbeat", scheduled_for=T0, status=RunStatus.HARD_TIMEOUT,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from jobs.dispatch import dispatch
+from jobs.models import JobRun
 from tests.conftest import wait_for_run
 from tests.support.sentry_server import tags_of
 
@@ -23,6 +26,16 @@ def assert_run_tags(event, run):
     assert tags["scheduled_for"] == run.scheduled_for.isoformat()
 
 
+def wait_for_sentry_event_id(run_id, timeout: float = 10.0) -> str:
+    """The event id noted on the run (written just after the event was sent)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if noted := JobRun.objects.get(pk=run_id).sentry_event_id:
+            return noted
+        time.sleep(0.1)
+    return ""
+
+
 def exception_type(event) -> str:
     return event["exception"]["values"][-1]["type"]
 
@@ -35,6 +48,8 @@ def test_a_failing_job_arrives_as_an_event_with_run_tags(worker, catalog, clean_
     assert_run_tags(event, run)
     assert exception_type(event) == "DrillFailure"
     assert "timeout" not in tags_of(event)
+    # The run keeps its event's id, for the run page's link.
+    assert wait_for_sentry_event_id(run.pk) == event["event_id"]
 
 
 def test_a_soft_timeout_arrives_tagged_soft(worker, catalog, clean_queues, fake_sentry):
