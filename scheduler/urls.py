@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 
 from scheduler.dashboard import dashboard_view
@@ -15,6 +15,7 @@ admin.site.index_template = "admin/scheduler/index.html"
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("", include("api.urls")),
     # Before the admin's own URLs, whose catch-all would take it for an app label.
     path("admin/dashboard/", dashboard_view, name="dashboard"),
     path("admin/", admin.site.urls),
