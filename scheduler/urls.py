@@ -5,6 +5,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from scheduler.dashboard import dashboard_view
+from scheduler.metrics import metrics_view
 from scheduler.views import healthz
 
 admin.site.site_header = "Scheduled jobs"
@@ -15,6 +16,7 @@ admin.site.index_template = "admin/scheduler/index.html"
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("", include("api.urls")),
     # Before the admin's own URLs, whose catch-all would take it for an app label.
     path("admin/dashboard/", dashboard_view, name="dashboard"),

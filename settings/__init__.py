@@ -305,6 +305,11 @@ WORKER_CONCURRENCY = envint("WORKER_CONCURRENCY", 2, minimum=1)
 FLOWER_PORT = envint("FLOWER_PORT", 0, minimum=0)
 FLOWER_BASIC_AUTH = envstr("FLOWER_BASIC_AUTH")
 
+# --- Prometheus (/metrics): off (a 404) unless METRICS_TOKEN is set; scrapes send it as a bearer token.
+METRICS_TOKEN = envstr("METRICS_TOKEN")
+# 0: no per-schedule series (cardinality bounded by jobs, statuses and queues, not schedules).
+METRICS_PER_SCHEDULE = envbool("METRICS_PER_SCHEDULE", True)
+
 # --- Admin user for the embedded set-up ----------------------------------------------
 ADMIN_USERNAME = envstr("ADMIN_USERNAME", "admin")
 ADMIN_PASSWORD = envstr("ADMIN_PASSWORD")
