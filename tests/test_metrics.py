@@ -424,3 +424,26 @@ def test_rule_beat_not_ticking(client, metrics_on):
 
 def test_rule_queue_without_workers(client, two_queues):
     assert queues_without_workers(scrape(client)) == {QUEUE_A}
+
+
+def schedule_never_succeeded(series: dict, now: float) -> set[str]:
+    """BeatplatformScheduleNeverSucceeded:
+
+    (time() - beatplatform_schedule_last_schedule_time_seconds > 3600)
+      unless on(schedule) beatplatform_schedule_last_successful_time_seconds
+      unless on(schedule) beatplatform_schedule_suspended == 1
+    """
+    last = by_label(series, "beatplatform_schedule_last_schedule_time_seconds", "schedule")
+    success = by_label(series, "beatplatform_schedule_last_successful_time_seconds", "schedule")
+    suspended = by_label(series, "beatplatform_schedule_suspended", "schedule")
+    return {s for s, t in last.items() if now - t > 3600 and s not in success and suspended.get(s) != 1}
+
+
+def test_rule_schedule_never_succeeded(client, metrics_on):
+    broken = hourly("never worked", timedelta(minutes=61))
+    add_run(broken, timedelta(minutes=61), RunStatus.FAILED, finished_at=timezone.now())
+    worked = hourly("worked once", timedelta(minutes=61))
+    add_run(worked, timedelta(minutes=61), RunStatus.SUCCEEDED, finished_at=timezone.now())
+    hourly("claimed recently", timedelta(minutes=10))
+
+    assert schedule_never_succeeded(scrape(client), timezone.now().timestamp()) == {slug(broken)}
