@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ninja import NinjaAPI
 
-from api import health, run_now, runs
+from api import health, run_now, runs, schedules
 from api.auth import BearerToken
 from api.errors import StrictJsonParser, install_handlers
 
@@ -27,4 +27,5 @@ api = NinjaAPI(
 install_handlers(api)
 api.add_router("/", run_now.router)
 api.add_router("/", runs.router)
+api.add_router("/", schedules.router)
 api.add_router("/", health.router)

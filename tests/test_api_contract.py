@@ -8,11 +8,14 @@ and body is one the document declares.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import timedelta
 
 import pytest
 import schemathesis
+from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 from django.test import Client
 from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +28,8 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
+from jobs.catalog import publish_catalog
+from scheduler.documents import save_document
 from scheduler.models import BeatLease
 from tests.support.api_client import token_for
 
@@ -36,6 +41,14 @@ OPERATIONS = {
     ("GET", "/api/v1/runs/{run_id}"),
     ("GET", "/api/v1/runs"),
     ("GET", "/api/v1/health"),
+    ("GET", "/api/v1/schedules"),
+    ("POST", "/api/v1/schedules"),
+    ("GET", "/api/v1/schedules/{schedule_id}"),
+    ("PUT", "/api/v1/schedules/{schedule_id}"),
+    ("PATCH", "/api/v1/schedules/{schedule_id}"),
+    ("DELETE", "/api/v1/schedules/{schedule_id}"),
+    ("POST", "/api/v1/schedules/{schedule_id}/pause"),
+    ("POST", "/api/v1/schedules/{schedule_id}/resume"),
 }
 EXAMPLES_PER_OPERATION = 25
 
@@ -60,9 +73,11 @@ def test_the_document_is_valid_openapi_3_and_lists_every_operation(document):
             success = [code for code in responses if code.startswith("2")]
             assert success, (method, path)
             for code, response in responses.items():
-                assert "$ref" in response["content"]["application/json"]["schema"] or response["content"][
-                    "application/json"
-                ]["schema"].get("type"), (method, path, code)
+                if code == "204":
+                    assert "content" not in response, (method, path)
+                    continue
+                schema = response["content"]["application/json"]["schema"]
+                assert "$ref" in schema or schema.get("type"), (method, path, code)
             assert operation.get("description"), (method, path)
     assert document["components"]["securitySchemes"] == {"BearerToken": {"type": "http", "scheme": "bearer"}}
 
@@ -72,10 +87,34 @@ def test_the_docs_page_is_served(db):
     assert response.status_code == 200 and OPENAPI.encode() in response.content
 
 
-@pytest.mark.django_db(transaction=False)
-def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(catalog, alice):
-    # transaction=False: the requests run in this test's transaction, rolled back at its end, and
+@pytest.fixture
+def connections_kept():
+    """Keep the test's connection open across WSGI requests, as Django's test client does.
+
+    Django closes "old" connections when a request starts and finishes; inside
+    the test's transaction that would close it and lose the transaction.
+    """
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("connections_kept")
+def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(alice):
+    # Not transactional: the requests run in this test's transaction, rolled back at its end, and
     # their on-commit publishing never fires (nothing reaches the broker).
+    publish_catalog(worker="tests")
+    schedule = save_document(
+        {
+            "name": "contract",
+            "job": "diagnostics.sleep",
+            "kwargs": {"seconds": 0},
+            "schedule": {"cron": "0 9 * * *"},
+        }
+    )
     # A leading beat, so /health is a 200 (its 503 is a server error to schemathesis; tested elsewhere).
     BeatLease.objects.create(name="beat", holder="tests", expires_at=timezone.now() + timedelta(hours=1))
     schema = schemathesis.openapi.from_wsgi(OPENAPI, get_wsgi_application())
@@ -88,12 +127,23 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(cat
         response_schema_conformance,
     ]
     tested = set()
-    for result in schema.get_all_operations():
-        operation = result.ok()
+    statuses: dict[tuple[str, str], set[int]] = defaultdict(set)
+    # DELETE last: the other operations need the schedule.
+    operations = sorted(
+        (result.ok() for result in schema.get_all_operations()), key=lambda op: op.method == "delete"
+    )
+    for operation in operations:
         tested.add((operation.method.upper(), operation.path))
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        # Anything the document allows, then the same with a real schedule and job (bodies at random):
+        # random ids and names alone would mostly meet 404s and unknown jobs.
+        real = {"schedule_id": schedule.pk, "name": "diagnostics.sleep"}
+        known = {name: real[name] for name in real if "{" + name + "}" in operation.path}
+        variants = [(mode, {}) for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
+        if known:
+            variants += [(GenerationMode.POSITIVE, known), (GenerationMode.NEGATIVE, known)]
+        for mode, path_parameters in variants:
 
-            @given(case=operation.as_strategy(generation_mode=mode))
+            @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters or None))
             @settings(
                 max_examples=EXAMPLES_PER_OPERATION,
                 deadline=None,
@@ -101,7 +151,21 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(cat
                 suppress_health_check=list(HealthCheck),
             )
             def call(case) -> None:
-                case.call_and_validate(headers=headers, checks=checks)
+                response = case.call_and_validate(headers=headers, checks=checks)
+                statuses[(case.operation.method.upper(), case.operation.path)].add(response.status_code)
 
             call()
+    # The real schedule and job were reached, not only refusals.
+    succeeded = {key for key, codes in statuses.items() if any(200 <= code < 300 for code in codes)}
+    assert {
+        ("GET", "/api/v1/jobs"),
+        ("GET", "/api/v1/runs"),
+        ("GET", "/api/v1/schedules"),
+        ("GET", "/api/v1/schedules/{schedule_id}"),
+        ("PATCH", "/api/v1/schedules/{schedule_id}"),
+        ("POST", "/api/v1/schedules/{schedule_id}/runs"),
+        ("POST", "/api/v1/schedules/{schedule_id}/resume"),
+        ("DELETE", "/api/v1/schedules/{schedule_id}"),
+        ("GET", "/api/v1/health"),
+    } <= {(m, p if p.startswith("/api") else "/api/v1" + p) for m, p in succeeded}, dict(statuses)
     assert {(m, "/api/v1" + p if not p.startswith("/api") else p) for m, p in tested} == OPERATIONS
