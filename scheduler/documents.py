@@ -52,6 +52,7 @@ Guarantees and edge cases:
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -363,13 +364,16 @@ def bind(doc: Any, existing: PeriodicTask | None = None) -> Validated:
     """Normalize ``doc`` and check it with the admin's forms and ``validate_policy``.
 
     Raises ``ValidationError`` keyed by document path. Changes nothing in the
-    database (new schedule rows are only chosen, not created).
+    database (new schedule rows are only chosen, not created) and nothing on
+    ``existing``: the forms edit copies of it and its policy.
     """
     normalized = normalize_document(doc)
-    form = ScheduleForm(data=_form_data(normalized), instance=existing)
+    stored_policy = policy_of(existing) if existing is not None else None
+    task = copy.copy(existing) if existing is not None else None  # Django copies its field cache too
+    form = ScheduleForm(data=_form_data(normalized), instance=task)
     form.is_valid()
     errors = _paths(form.errors, PATH_OF_FORM_FIELD)
-    policy = (policy_of(existing) if existing is not None else None) or SchedulePolicy()
+    policy = copy.copy(stored_policy) if stored_policy is not None else SchedulePolicy()
     policy.task = form.instance  # judged against the task as it will be saved (as the admin's inline)
     policy_data = {"slug": normalized["slug"] or policy.slug, **normalized["policy"]}
     policy_form = PolicyForm(data={k: v for k, v in policy_data.items() if v is not None}, instance=policy)
@@ -394,7 +398,10 @@ def validate_document(doc: Any, existing: PeriodicTask | None = None) -> None:
 
 
 def save_validated(validated: Validated) -> PeriodicTask:
-    """Store a bound document through the ORM (signals: change log; auditlog: who and what)."""
+    """Store a bound document through the ORM (signals: change log; auditlog: who and what).
+
+    Returns the saved task (a copy of the ``existing`` given to ``bind``, which is left as it was).
+    """
     form, policy_form = validated.form, validated.policy_form
     with transaction.atomic():
         form.save_schedule_row()

@@ -155,3 +155,12 @@ def test_a_saved_document_reads_back_as_its_normalized_self(document):
         assert document_of(task) == normalize_document(document)
     finally:
         task.delete()
+
+
+def test_validating_leaves_the_existing_task_and_its_policy_as_they_were():
+    task = save_document(doc())
+    before = document_of(task)
+    with pytest.raises(ValidationError):
+        validate_document(doc(name="renamed", schedule={"every": 0}, policy={"grace": 5}), task)
+    validate_document(doc(name="renamed", policy={"queue": "other"}), task)
+    assert document_of(task) == before

@@ -24,17 +24,21 @@ from django_celery_beat.models import PeriodicTask
 
 from scheduler.documents import InvalidDocuments, Plan, apply, document_of, plan_apply
 
+# libyaml's emitter and parser when PyYAML was built with it (3x faster; the same text).
+DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def export_yaml() -> str:
     """Every schedule (that has a policy, i.e. a slug) as YAML, sorted by slug."""
     tasks = PeriodicTask.objects.select_related("crontab", "interval", "clocked", "policy")
     docs = sorted((document_of(task) for task in tasks), key=lambda doc: doc["slug"] or "")
-    return yaml.safe_dump([doc for doc in docs if doc["slug"]], sort_keys=False, allow_unicode=True)
+    return yaml.dump([doc for doc in docs if doc["slug"]], Dumper=DUMPER, sort_keys=False, allow_unicode=True)
 
 
 def load_documents(text: str) -> list[Any]:
     try:
-        loaded = yaml.safe_load(text)
+        loaded = yaml.load(text, Loader=LOADER)  # a safe loader: plain data only
     except yaml.YAMLError as exc:
         raise CommandError(f"Not valid YAML: {exc}") from None
     if loaded is None:
