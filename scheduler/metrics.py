@@ -48,13 +48,18 @@ Series (prefix ``beatplatform_``):
 Cost: a fixed number of queries whatever the number of schedules (measured
 by ``bench/metrics_scrape.py``): the per-schedule block streams two reads of
 the schedules and two grouped reads of the runs; the run counters one grouped
-scan of the whole run table.
+scan of the whole run table. The per-schedule block grows with the schedules
+(seconds at 100,000, and ~40 MB of text), so ``/metrics`` keeps its rendered
+text per process for ``SCHEDULE_CACHE_SECONDS``; everything else is read on
+every scrape. Above ~10,000 schedules, ``METRICS_PER_SCHEDULE=0`` keeps a
+scrape well under a second.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -133,14 +138,24 @@ def next_schedule_times(now: datetime) -> dict[int, float]:
     """
     factory = EntryFactory(job_defaults())
     found: dict[int, float] = {}
+    # A cron or clocked schedule's next slot depends on its shared definition alone (not on
+    # its anchor or progress): computed once per definition, not once per schedule.
+    by_definition: dict[int, float | None] = {}
     for row in fetch_rows():
         try:
-            entry = factory.build(row)[0]
-            slot = entry.next_slot(now)
+            definition = factory.definition_of(row)
+            shared = definition.interval is None
+            if shared and id(definition) in by_definition:
+                timestamp = by_definition[id(definition)]
+            else:
+                slot = factory.build(row)[0].next_slot(now)
+                timestamp = None if slot is None else slot.timestamp()
+                if shared:
+                    by_definition[id(definition)] = timestamp
         except (UnusableSchedule, InvalidInterval):
             continue
-        if slot is not None:
-            found[row[0]] = slot.timestamp()
+        if timestamp is not None:
+            found[row[0]] = timestamp
     return found
 
 
@@ -331,11 +346,55 @@ def broker_metrics(now: datetime) -> Iterator[Metric]:
 # --- The view ----------------------------------------------------------------------------
 
 
-def exposition(collector: PlatformCollector | None = None) -> bytes:
-    """The text exposition of one scrape."""
+class _Families(Collector):
+    """Metric families computed beforehand, for a registry of their own."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def exposition(collector: Collector | None = None) -> bytes:
+    """The text exposition of ``collector`` (uncached), or of one scrape as ``/metrics`` serves it.
+
+    A scrape is the per-schedule block (``schedule_exposition``: cached for
+    ``SCHEDULE_CACHE_SECONDS``) followed by everything else, read afresh.
+    Two expositions of distinct families concatenate into one valid one.
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector or PlatformCollector())
-    return generate_latest(registry)
+    if collector is not None:
+        registry.register(collector)
+        return generate_latest(registry)
+    registry.register(PlatformCollector(per_schedule=False))
+    rest = generate_latest(registry)
+    return (schedule_exposition() if settings.METRICS_PER_SCHEDULE else b"") + rest
+
+
+# At 100,000 schedules the per-schedule block costs seconds (reading and computing the
+# next slots, then writing 600,000 samples: bench/metrics_scrape.py), so each web process
+# keeps its rendered text this long: scrapes within it (a Prometheus pair, a retry) pay
+# nothing, at the price of per-schedule values up to this old.
+SCHEDULE_CACHE_SECONDS = 15.0
+_schedule_cache: dict[str, tuple[float, bytes]] = {}
+
+
+def schedule_exposition() -> bytes:
+    """The per-schedule series as exposition text, at most ``SCHEDULE_CACHE_SECONDS`` old."""
+    cached = _schedule_cache.get("body")
+    if cached is not None and time.monotonic() - cached[0] < SCHEDULE_CACHE_SECONDS:
+        return cached[1]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(schedule_metrics(timezone.now())))
+    body = generate_latest(registry)
+    _schedule_cache["body"] = (time.monotonic(), body)
+    return body
+
+
+def forget_cached_schedules() -> None:
+    """Drop the cached per-schedule block (tests; the next scrape reads it afresh)."""
+    _schedule_cache.clear()
 
 
 def token_matches(request: HttpRequest, token: str) -> bool:

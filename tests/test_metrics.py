@@ -22,7 +22,7 @@ from jobs.catalog import publish_catalog
 from jobs.models import JobDefinition, JobRun, RunStatus, WorkerPresence
 from scheduler.beat.entries import job_defaults
 from scheduler.describe import next_slots
-from scheduler.metrics import DURATION_BUCKETS, PlatformCollector, exposition
+from scheduler.metrics import DURATION_BUCKETS, PlatformCollector, exposition, forget_cached_schedules
 from scheduler.models import BeatLease, SchedulePolicy
 
 pytestmark = pytest.mark.django_db
@@ -40,7 +40,9 @@ def metrics_on(settings):
     publish_catalog(worker="tests")
     settings.METRICS_TOKEN = TOKEN
     settings.METRICS_PER_SCHEDULE = True
-    return settings
+    forget_cached_schedules()  # each test reads its own schedules
+    yield settings
+    forget_cached_schedules()
 
 
 def samples(body: bytes | str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -447,3 +449,17 @@ def test_rule_schedule_never_succeeded(client, metrics_on):
     hourly("claimed recently", timedelta(minutes=10))
 
     assert schedule_never_succeeded(scrape(client), timezone.now().timestamp()) == {slug(broken)}
+
+
+def test_the_per_schedule_block_is_cached_briefly_and_the_rest_read_every_scrape(client, metrics_on):
+    hourly("first", timedelta(minutes=5))
+    assert len(scrape(client)["beatplatform_schedule_info"]) == 1
+    hourly("second", timedelta(minutes=5))
+    add_run(None, timedelta(minutes=1), RunStatus.FAILED)
+
+    series = scrape(client)
+
+    assert len(series["beatplatform_schedule_info"]) == 1  # within SCHEDULE_CACHE_SECONDS
+    assert ("heartbeat", "failed") in {(x["job"], x["status"]) for x, _ in series["beatplatform_runs_total"]}
+    forget_cached_schedules()
+    assert len(scrape(client)["beatplatform_schedule_info"]) == 2
