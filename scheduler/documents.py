@@ -61,7 +61,7 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils.dateparse import parse_datetime
 from django_celery_beat.models import PeriodicTask
 
@@ -541,6 +541,17 @@ def plan_apply(docs: list[Any], prune: bool) -> Plan:
         deletes = [Change("delete", slug, existing[slug].name, task=existing[slug]) for slug in missing]
         return Plan(deletes + changes, unchanged, [])
     return Plan(changes, unchanged, missing)
+
+
+# The key of the advisory lock that serialises whole-file applies.
+_APPLY_LOCK = 0x5C4E_A991
+
+
+def lock_for_apply() -> None:
+    """Inside a transaction: wait until no other apply is running (PostgreSQL; no-op elsewhere)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_APPLY_LOCK])
 
 
 def apply(plan: Plan) -> None:

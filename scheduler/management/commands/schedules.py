@@ -20,9 +20,10 @@ from typing import Any
 
 import yaml
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 from django_celery_beat.models import PeriodicTask
 
-from scheduler.documents import InvalidDocuments, Plan, apply, document_of, plan_apply
+from scheduler.documents import InvalidDocuments, Plan, apply, document_of, lock_for_apply, plan_apply
 
 # libyaml's emitter and parser when PyYAML was built with it (3x faster; the same text).
 DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -107,18 +108,25 @@ class Command(BaseCommand):
             text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
         except OSError as exc:
             raise CommandError(f"Cannot read {path}: {exc.strerror}") from None
-        try:
-            plan = plan_apply(load_documents(text), prune=prune)
-        except InvalidDocuments as exc:
-            for entry in exc.entries:
-                self.stderr.write(str(entry))
-            raise CommandError(
-                f"{len(exc.entries)} invalid entr{'y' if len(exc.entries) == 1 else 'ies'}: nothing changed."
-            ) from None
-        for line in describe_plan(plan):
-            self.stdout.write(line)
-        if dry_run:
-            self.stdout.write("dry run: nothing changed")
-        elif plan.changes:
-            apply(plan)
-            self.stdout.write("applied")
+        docs = load_documents(text)
+        # Planned and applied in one transaction, one apply at a time: what the diff shows is what
+        # is written (a concurrent apply waits; an edit in the admin meanwhile is not overwritten
+        # unseen by a plan made before it).
+        with transaction.atomic():
+            lock_for_apply()
+            try:
+                plan = plan_apply(docs, prune=prune)
+            except InvalidDocuments as exc:
+                for entry in exc.entries:
+                    self.stderr.write(str(entry))
+                count = len(exc.entries)
+                raise CommandError(
+                    f"{count} invalid entr{'y' if count == 1 else 'ies'}: nothing changed."
+                ) from None
+            for line in describe_plan(plan):
+                self.stdout.write(line)
+            if dry_run:
+                self.stdout.write("dry run: nothing changed")
+            elif plan.changes:
+                apply(plan)
+                self.stdout.write("applied")
