@@ -2,7 +2,9 @@
 
 Workers publish it at start (``worker_ready``), as does ``runplatform``; the
 admin, the import path and beat read it from the database, so a web process
-knows the jobs without importing worker code.
+knows the jobs without importing worker code. The same call writes it to
+Redis too (``publish_routes_to_redis``), where send-only clients, which have
+no database, read it as their routing table (``jobs.sendonly.routing``).
 
 ``validate_job_call`` is the one check that a schedule's job name and JSON
 arguments are acceptable; it raises ``ValidationError`` keyed by field.
@@ -12,16 +14,52 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
-import types
-import typing
-from collections.abc import Callable
-from typing import Any
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from jobs.limits import VISIBILITY_SHARE, broker_redelivery_timeout
 from jobs.models import JobDefinition
+from jobs.sendonly.arguments import (
+    JSON_TYPES,
+    NotStrictJson,
+    argument_type_problem,
+    check_strict_json,
+    describe_parameters,
+    json_type_of,
+    json_types_of,
+    signature_from_parameters,
+    strict_json_loads,
+    type_mismatch,
+)
+from jobs.sendonly.routing import JobRoute, write_routes
+
+if TYPE_CHECKING:
+    from jobs.framework import JobSpec
+
+logger = logging.getLogger(__name__)
+
+# Re-exported: the platform imports them from here (the code is Django-free, in jobs.sendonly).
+__all__ = [
+    "JSON_TYPES",
+    "NotStrictJson",
+    "check_argument_types",
+    "check_strict_json",
+    "describe_parameters",
+    "json_type_of",
+    "json_types_of",
+    "parse_json_arguments",
+    "publish_catalog",
+    "signature_of",
+    "strict_json_loads",
+    "type_mismatch",
+    "validate_job_call",
+]
 
 
 def load_job_modules() -> None:
@@ -49,128 +87,54 @@ def publish_catalog(worker: str = "") -> int:
                 "last_published_at": now,
             },
         )
+    publish_routes_to_redis(JOB_SPECS.values(), worker=worker, published_at=now)
     return len(JOB_SPECS)
 
 
-# JSON type names per Python annotation; a parameter whose annotation is not
-# among these (or has none) accepts any JSON value.
-JSON_TYPES: dict[Any, str] = {
-    bool: "boolean",
-    int: "integer",
-    float: "number",
-    str: "string",
-    list: "array",
-    tuple: "array",
-    dict: "object",
-    type(None): "null",
-}
+def catalog_redis_url() -> str:
+    """Where send-only clients read the catalog: the broker when it is Redis, else ``REDIS_URL``."""
+    broker = str(settings.CELERY_BROKER_URL)
+    return broker if broker.startswith(("redis://", "rediss://")) else str(settings.REDIS_URL)
 
 
-def json_types_of(annotation: Any) -> list[str]:
-    """The JSON types an annotation admits (``float | None`` → number, null); [] means any."""
-    if annotation is inspect.Parameter.empty or annotation is Any:
-        return []
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = [json_types_of(arg) for arg in typing.get_args(annotation)]
-        if any(not m for m in members):
-            return []
-        return sorted({t for m in members for t in m})
-    name = JSON_TYPES.get(typing.get_origin(annotation) or annotation)
-    return [name] if name else []
+def publish_routes_to_redis(specs: Iterable[JobSpec], *, worker: str, published_at: datetime) -> int:
+    """Write the jobs' routes to the Redis hash send-only clients read (``jobs.sendonly.routing``).
 
+    The same facts as the ``JobDefinition`` rows, plus the longest hard limit
+    this broker allows (``jobs.limits``). A Redis that cannot be reached is
+    logged, not raised: the database copy is written and the platform works;
+    send-only clients see the jobs once a later publish (the next worker
+    start, ``manage.py publish_catalog``) reaches it.
+    """
+    import redis
 
-def describe_parameters(fn: Callable[..., Any]) -> list[dict[str, Any]]:
-    """The function's signature as JSON: enough to check that arguments bind and have the right types."""
-    try:
-        parameters = inspect.signature(fn, eval_str=True).parameters.values()
-    except (NameError, TypeError):  # an annotation that cannot be resolved: no type checks
-        parameters = inspect.signature(fn).parameters.values()
-    return [
-        {
-            "name": p.name,
-            "kind": p.kind.name,
-            "required": p.default is inspect.Parameter.empty
-            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD),
-            "types": [] if isinstance(p.annotation, str) else json_types_of(p.annotation),
-        }
-        for p in parameters
+    redelivery = broker_redelivery_timeout()
+    ceiling = int(redelivery[0] * VISIBILITY_SHARE) if redelivery else None
+    routes = [
+        JobRoute(
+            name=spec.name,
+            queue=spec.queue,
+            soft_time_limit=spec.soft_time_limit,
+            hard_time_limit=spec.hard_time_limit,
+            parameters=spec.parameters,
+            published_at=published_at.isoformat(),
+            published_by=worker[:255],
+            max_hard_time_limit=ceiling,
+        )
+        for spec in specs
     ]
-
-
-def json_type_of(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    return JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def type_mismatch(value: Any, allowed: list[str]) -> str | None:
-    """Why ``value`` is not one of the JSON types ``allowed`` (an integer is a number), or None."""
-    if not allowed:
-        return None
-    found = json_type_of(value)
-    if found in allowed or (found == "integer" and "number" in allowed):
-        return None
-    return f"expected {' or '.join(allowed)}, got {found} {json.dumps(value)[:60]}"
+    client = redis.Redis.from_url(catalog_redis_url(), socket_timeout=5, socket_connect_timeout=5)
+    try:
+        return write_routes(client, routes)
+    except redis.RedisError as exc:
+        logger.warning("job catalog not published to Redis for send-only clients: %s", exc)
+        return 0
+    finally:
+        client.close()
 
 
 def signature_of(definition: JobDefinition) -> inspect.Signature:
-    params = []
-    for p in definition.parameters:
-        kind = getattr(inspect.Parameter, p["kind"])
-        default = inspect.Parameter.empty if p.get("required") else None
-        if kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-            default = inspect.Parameter.empty
-        params.append(inspect.Parameter(p["name"], kind, default=default))
-    return inspect.Signature(params)
-
-
-class NotStrictJson(ValueError):
-    """JSON that Python's parser accepts but PostgreSQL's jsonb and other languages refuse."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise NotStrictJson(f"{name} is not a JSON number (strict JSON has no NaN or Infinity)")
-
-
-def strict_json_loads(text: str) -> Any:
-    """``json.loads`` that refuses what strict JSON (RFC 8259, PostgreSQL's jsonb) refuses.
-
-    Python's parser accepts ``NaN``, ``Infinity`` and ``-Infinity`` and keeps
-    ``"\\u0000"`` and lone surrogates in strings; jsonb refuses all of them, so a run carrying
-    one cannot even be recorded. Raises ``json.JSONDecodeError`` for syntax
-    and ``NotStrictJson`` for those values.
-    """
-    value = json.loads(text, parse_constant=_refuse_constant)
-    check_strict_json(value)
-    return value
-
-
-def check_strict_json(value: Any) -> None:
-    """Raise ``NotStrictJson`` for a non-finite number or a NUL character anywhere in ``value``."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise NotStrictJson(f"{item} is not a JSON number (strict JSON has no NaN or Infinity)")
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise NotStrictJson("a string holds a NUL character (\\u0000), which JSON stores cannot keep")
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise NotStrictJson(
-                        "a string holds a lone surrogate (\\ud800-\\udfff), which is not text"
-                    ) from None
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
+    return signature_from_parameters(definition.parameters)
 
 
 def _parse_json_field(text: Any, default: str, what: str) -> tuple[Any, str | None]:
@@ -240,16 +204,10 @@ def validate_job_call(name: str, args_text: Any = "[]", kwargs_text: Any = "{}")
 def check_argument_types(definition: JobDefinition, bound: inspect.BoundArguments, positional: int) -> None:
     """Refuse a value whose JSON type the job's annotation does not admit (``seconds: "abc"``).
 
-    Only parameters the catalog gives types for are checked (a catalog
-    published before types were recorded checks nothing); ``*args`` and
-    ``**kwargs`` are not checked.
+    ``jobs.sendonly.arguments.argument_type_problem`` decides; this raises its
+    answer as a ``ValidationError`` keyed by ``args`` or ``kwargs``.
     """
-    types_by_name = {p["name"]: p.get("types") or [] for p in definition.parameters}
-    kinds = {p["name"]: p["kind"] for p in definition.parameters}
-    for index, (pname, value) in enumerate(bound.arguments.items()):
-        if kinds.get(pname) in ("VAR_POSITIONAL", "VAR_KEYWORD"):
-            continue
-        problem = type_mismatch(value, types_by_name.get(pname, []))
-        if problem:
-            field = "args" if index < positional else "kwargs"
-            raise ValidationError({field: f"{definition.name}: argument {pname!r}: {problem}."})
+    problem = argument_type_problem(definition.name, definition.parameters, bound, positional)
+    if problem:
+        field, message = problem
+        raise ValidationError({field: message})

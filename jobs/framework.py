@@ -63,8 +63,8 @@ from django.utils import timezone
 
 from jobs import runs
 from jobs import signals as run_signals
-from jobs.catalog import describe_parameters
 from jobs.models import JobRun, RunStatus
+from jobs.sendonly.arguments import describe_parameters
 from settings.celery_app import app
 
 logger = logging.getLogger(__name__)
@@ -248,6 +248,7 @@ class JobTask(Task):
             queue=delivery.get("routing_key") or "",
             redelivered=bool(delivery.get("redelivered")),
             max_attempts=(self.max_retries or 0) + 1,
+            message=request,  # read only for a message with no run row (the send-only client's)
         )
         if isinstance(started, runs.NotStarted):
             logger.log(
@@ -404,6 +405,7 @@ def record_revoked_run(
         expired=bool(expired),
         expires=request.expires,
         worker=getattr(request, "hostname", "") or "",
+        message=request,
     )
     how = runs.revoke_cause(terminated_by=terminated_by, expired=bool(expired))
     if recorded is not None:

@@ -30,7 +30,6 @@ connecting (and importing the transport, and pinging) every time.
 
 from __future__ import annotations
 
-import json
 import socket
 import uuid
 from collections.abc import Iterator, Sequence
@@ -39,7 +38,6 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from celery import Celery
-from celery.utils.saferepr import saferepr
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection as db
@@ -48,9 +46,8 @@ from django.utils import timezone
 from kombu import Connection, Producer, pools
 
 from jobs.models import JobRun, OutboxBatch, RunStatus
+from jobs.sendonly.messages import build_task_message, publish_task_message
 from lib.sequences import chunks
-
-EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 class PublishableRun(Protocol):
@@ -82,58 +79,23 @@ class PublishableRun(Protocol):
     def scheduled_for(self) -> datetime: ...
 
 
-# The argument reprs Celery itself would write (``argsrepr``/``kwargsrepr``:
-# what logs, Flower and event monitors show), per distinct repr. saferepr
-# costs 15-70 µs where repr costs 4; beat sends thousands of runs with a few
-# distinct argument lists, and two JSON values with one repr have one saferepr.
-_CELERY_REPRS: dict[str, str] = {}
-REPR_MAXSIZE = 1024  # celery.app.amqp.AMQP.argsrepr_maxsize / kwargsrepr_maxsize
-REPR_MAXLEVELS = 3  # Celery's task_repr_maxlevels default
-
-
-def celery_repr(value: Any) -> str:
-    """``saferepr`` as Celery applies it to a task's arguments, remembered per plain ``repr``."""
-    key = repr(value)
-    found = _CELERY_REPRS.get(key)
-    if found is None:
-        if len(_CELERY_REPRS) >= 4096:
-            _CELERY_REPRS.clear()
-        found = _CELERY_REPRS[key] = saferepr(value, REPR_MAXSIZE, maxlevels=REPR_MAXLEVELS)
-    return found
-
-
 def task_message(run: PublishableRun, origin: str) -> tuple[dict[str, Any], str]:
-    """Celery message protocol 2 headers and JSON body for ``run``.
+    """Celery message protocol 2 headers and JSON body for ``run`` (``jobs.sendonly.messages``).
 
-    Built directly (not through ``app.amqp.create_task_message``, which costs
-    ~110 µs a message) because beat publishes thousands per tick. The task id
-    is the run's primary key; ``timelimit`` is ``[hard, soft]``.
+    The task id is the run's primary key; the message carries no eta or
+    expiry (the run's row holds its deadline).
     """
-    task_id = str(run.pk)
-    headers: dict[str, Any] = {
-        "lang": "py",
-        "task": run.job,
-        "id": task_id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": 0,
-        "timelimit": [run.hard_time_limit, run.soft_time_limit],
-        "root_id": task_id,
-        "parent_id": None,
-        "argsrepr": celery_repr(run.args or ()),  # Celery sends empty args as a tuple
-        "kwargsrepr": celery_repr(run.kwargs),
-        "origin": origin,
-        "ignore_result": True,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-        "schedule": run.schedule_id,
-        "scheduled_for": run.scheduled_for.isoformat(),
-    }
-    return headers, json.dumps([run.args, run.kwargs, EMBED])
+    return build_task_message(
+        str(run.pk),
+        run.job,
+        run.args,
+        run.kwargs,
+        soft_time_limit=run.soft_time_limit,
+        hard_time_limit=run.hard_time_limit,
+        origin=origin,
+        schedule_id=run.schedule_id,
+        scheduled_for=run.scheduled_for.isoformat(),
+    )
 
 
 REDIS_MAX_PRIORITY = 9  # kombu's Redis transport: levels 0-9 (settings: priority_steps)
@@ -234,20 +196,8 @@ def publish_runs(app: Celery, runs: Sequence[PublishableRun]) -> int:
     with kept_producer(app) as producer, _pipelined(producer, len(queued)):
         for run in queued:
             headers, body = task_message(run, origin)
-            # The default exchange routes by queue name, on Redis and AMQP alike.
-            producer.publish(
-                body,
-                exchange="",
-                routing_key=run.queue or default_queue,
-                serializer=None,
-                content_type="application/json",
-                content_encoding="utf-8",
-                headers=headers,
-                correlation_id=headers["id"],
-                delivery_mode=2,
-                priority=message_priority(run) or 0,  # kombu's default when none is given
-                retry=False,
-                declare=None,
+            publish_task_message(
+                producer, headers, body, queue=run.queue or default_queue, priority=message_priority(run)
             )
     return len(queued)
 

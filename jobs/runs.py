@@ -46,7 +46,7 @@ from django.db import connection
 from django.db.models import Case, Field, Q, Value, When
 from django.utils import timezone
 
-from jobs.models import ACTIVE_STATUSES, STARTABLE_STATUSES, JobRun, RunStatus
+from jobs.models import ACTIVE_STATUSES, STARTABLE_STATUSES, JobRun, RunOrigin, RunStatus
 from jobs.workers import attempt_is_alive
 from lib.sequences import chunks
 
@@ -131,13 +131,19 @@ def start_run(
     redelivered: bool = False,
     max_attempts: int = 1,
     now: datetime | None = None,
+    message: Any = None,
 ) -> JobRun | NotStarted:
     """Move a run to ``running`` and return it, or say why this message must not run it.
 
     Not started: the run already ended or runs elsewhere (a duplicate
     message), or its starting deadline passed (recorded ``missed``). A message
-    with no run row (sent by plain Celery, not through beat or the client)
-    gets one, scheduled for now.
+    with no run row (sent by the send-only client, ``jobs.sendonly``, or by
+    plain Celery) gets one, from what ``message`` (the task's request: its
+    headers) says: origin and requester (the client's ``run_origin`` /
+    ``requested_by``), time limits, due time (``scheduled_for``, else now) and
+    deadline (``expires``); see ``unseen_run_fields``. Two copies of such a
+    message (an idempotent call sent twice) make one row and one start: the
+    insert and the start are both guarded.
 
     A *redelivered* message for a run still ``running`` is the broker giving
     back a message nobody acknowledged, and that means one of two things:
@@ -170,19 +176,7 @@ def start_run(
     started = _start_waiting_run(run_id, attempt=attempt, worker=worker, now=now)
     if started is not None:
         return started
-    run_uuid = run_pk(run_id) or uuid.uuid4()
-    run, created = JobRun.objects.get_or_create(
-        pk=run_uuid,
-        defaults={
-            "job": job,
-            "args": list(args),
-            "kwargs": kwargs or {},
-            "queue": queue,
-            "scheduled_for": now,
-            "enqueued_at": now,
-            "status": RunStatus.QUEUED,
-        },
-    )
+    run = _run_of_message(run_id, job=job, args=args, kwargs=kwargs, queue=queue, message=message, now=now)
     if run.status == RunStatus.RUNNING:
         if redelivered:
             return _take_over_lost_attempt(run, worker=worker, max_attempts=max_attempts, now=now)
@@ -206,6 +200,74 @@ def start_run(
     for field, value in changed.items():
         setattr(run, field, value)
     return run
+
+
+def _run_of_message(
+    run_id: str, *, job: str, args: list | tuple, kwargs: dict | None, queue: str, message: Any, now: datetime
+) -> JobRun:
+    """The message's run: its row, or a new ``queued`` one made from the message (``unseen_run_fields``)."""
+    run, _created = JobRun.objects.get_or_create(
+        pk=run_pk(run_id) or uuid.uuid4(),
+        defaults={
+            "job": job,
+            "args": list(args),
+            "kwargs": kwargs or {},
+            "queue": queue,
+            "scheduled_for": now,
+            "enqueued_at": now,
+            "status": RunStatus.QUEUED,
+            **unseen_run_fields(message),
+        },
+    )
+    return run
+
+
+def unseen_run_fields(message: Any) -> dict[str, Any]:
+    """What a run the worker records from its message (no row yet) takes from the message's headers.
+
+    ``message`` is the task's request (Celery's ``Context``: headers are
+    attributes) or None. ``run_origin`` / ``requested_by``: the send-only
+    client's headers (``jobs.sendonly.messages``); ``timelimit``: Celery's
+    ``[hard, soft]``; ``scheduled_for``: when the run was due (the client's
+    eta, or when it was sent); ``expires``: its deadline. A header that is
+    missing or does not parse leaves the column to its default, so a plain
+    Celery message is recorded as before.
+    """
+    if message is None:
+        return {}
+    fields: dict[str, Any] = {}
+    origin = getattr(message, "run_origin", None)
+    if origin in RunOrigin.values and origin != RunOrigin.BEAT:
+        fields["origin"] = origin
+    requested_by = getattr(message, "requested_by", None)
+    if isinstance(requested_by, str) and requested_by:
+        fields["requested_by"] = requested_by[:150]
+    limits = getattr(message, "timelimit", None)
+    if isinstance(limits, (list, tuple)) and len(limits) == 2:
+        hard, soft = limits
+        if isinstance(hard, int) and hard > 0:
+            fields["hard_time_limit"] = hard
+        if isinstance(soft, int) and soft > 0:
+            fields["soft_time_limit"] = soft
+    scheduled_for = _aware_time(getattr(message, "scheduled_for", None))
+    if scheduled_for is not None:
+        fields["scheduled_for"] = scheduled_for
+    deadline = _aware_time(getattr(message, "expires", None))
+    if deadline is not None:
+        fields["deadline"] = deadline
+    return fields
+
+
+def _aware_time(value: Any) -> datetime | None:
+    """An aware datetime from a header (ISO 8601 text or a datetime), else None."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value
+    return None
 
 
 # The run's start, as the general path writes it, in one UPDATE … RETURNING:
@@ -659,6 +721,7 @@ def record_revoked(
     expired: bool = False,
     expires: Any = None,
     worker: str = "",
+    message: Any = None,
 ) -> RunStatus | None:
     """Record a run whose message a worker discarded or whose process it terminated; return what was written.
 
@@ -685,6 +748,18 @@ def record_revoked(
     how = revoke_cause(terminated_by=terminated_by, expired=expired)
     if expired:
         missed = record_missed(run_id, f"{expires} (its message expired)")
+        if not missed and message is not None and run_pk(run_id) is not None:
+            # A message with no row yet (the send-only client's) expired: record its run, then end it.
+            _run_of_message(
+                str(run_id),
+                job=str(getattr(message, "task", "") or ""),
+                args=getattr(message, "args", None) or [],
+                kwargs=getattr(message, "kwargs", None) or {},
+                queue=str((getattr(message, "delivery_info", None) or {}).get("routing_key") or ""),
+                message=message,
+                now=timezone.now(),
+            )
+            missed = record_missed(run_id, f"{expires} (its message expired)")
         return RunStatus.MISSED if missed else None
     if end_unstarted_run(
         run_id,

@@ -7,13 +7,14 @@ import time
 from celery.exceptions import SoftTimeLimitExceeded
 
 from jobs.framework import job
+from jobs.sendonly import names
 
 
 class DrillFailure(RuntimeError):
     """Raised on purpose by ``diagnostics.fail``."""
 
 
-@job("diagnostics.sleep", queue="default", soft_time_limit=60, hard_time_limit=90)
+@job(names.DIAGNOSTICS_SLEEP, queue="default", soft_time_limit=60, hard_time_limit=90)
 def sleep(seconds: float, ignore_soft_limit: bool = False) -> dict:
     """Sleep for ``seconds``; past the soft or hard limit it is stopped like any job.
 
@@ -32,14 +33,14 @@ def sleep(seconds: float, ignore_soft_limit: bool = False) -> dict:
     return {"slept": seconds}
 
 
-@job("diagnostics.fail", queue="default", soft_time_limit=30, hard_time_limit=45)
+@job(names.DIAGNOSTICS_FAIL, queue="default", soft_time_limit=30, hard_time_limit=45)
 def fail(message: str = "diagnostics.fail was asked to fail") -> None:
     """Raise ``DrillFailure(message)``: proves failures reach the run history and Sentry."""
     raise DrillFailure(message)
 
 
 @job(
-    "diagnostics.fail_with_retries",
+    names.DIAGNOSTICS_FAIL_WITH_RETRIES,
     queue="default",
     soft_time_limit=30,
     hard_time_limit=45,

@@ -20,6 +20,7 @@ from celery import current_task
 
 from jobs.framework import job
 from jobs.models import JobRun
+from jobs.sendonly import names
 
 
 class TargetCheckFailed(RuntimeError):
@@ -73,7 +74,7 @@ def check_target(target: dict[str, Any]) -> dict[str, Any]:
     raise InvalidTarget(f"a target needs 'url' or 'tcp', got keys {sorted(target)}")
 
 
-@job("heartbeat", queue="heartbeat", soft_time_limit=30, hard_time_limit=45)
+@job(names.HEARTBEAT, queue="heartbeat", soft_time_limit=30, hard_time_limit=45)
 def heartbeat(targets: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Prove the pipeline is alive; check optional HTTP/TCP targets."""
     run_id = current_task.request.id if current_task else None  # None when called directly

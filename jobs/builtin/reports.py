@@ -7,9 +7,10 @@ from celery import current_task
 from jobs.framework import job
 from jobs.models import JobRun
 from jobs.reports import build_run_summary
+from jobs.sendonly import names
 
 
-@job("reports.run_summary", queue="reports", soft_time_limit=240, hard_time_limit=300)
+@job(names.REPORTS_RUN_SUMMARY, queue="reports", soft_time_limit=240, hard_time_limit=300)
 def run_summary(window_hours: int = 24) -> dict:
     """Per-job runs by status, failure rate, p50/p95 duration, worst lateness."""
     task_id = current_task.request.id
