@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from auditlog.models import LogEntry
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
@@ -72,8 +73,20 @@ def test_apply_creates_then_a_second_apply_changes_nothing(tmp_path):
     assert ScheduleChange.objects.count() > changes_before
     assert set(PeriodicTask.objects.values_list("pk", flat=True)) <= logged
 
+    audited = LogEntry.objects.get_for_objects(PeriodicTask.objects.all()).count()
+    assert audited >= 2  # auditlog saw each create
+
     again, _ = command("apply", path)
     assert "no changes" in again and "0 to create, 0 to update, 0 to delete, 2 unchanged" in again
+    assert LogEntry.objects.get_for_objects(PeriodicTask.objects.all()).count() == audited
+
+
+def test_export_to_a_file_is_what_stdout_gets(tmp_path):
+    command("apply", write(tmp_path, [entry(2), entry(1)]))
+    out, _ = command("export")
+    command("export", str(tmp_path / "out.yaml"))
+    assert (tmp_path / "out.yaml").read_text() == out
+    assert [doc["slug"] for doc in yaml.safe_load(out)] == ["report-0001", "report-0002"]
 
 
 def test_an_update_prints_each_changed_field_before_and_after(tmp_path):
