@@ -20,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
 from django_celery_beat.models import PeriodicTask
@@ -120,6 +122,20 @@ def started_once(
     return run, False
 
 
+@contextmanager
+def job_named_by_the_path() -> Iterator[None]:
+    """Dispatch's errors about the job (its model field ``task``) as errors of the path's ``name``."""
+    try:
+        yield
+    except ValidationError as exc:
+        if not hasattr(exc, "error_dict") or "task" not in exc.error_dict:
+            raise
+        errors = exc.error_dict
+        raise ValidationError(
+            {("name" if key == "task" else key): value for key, value in errors.items()}
+        ) from exc
+
+
 def accepted(
     request: HttpRequest, response: HttpResponse, run: JobRun, replayed: bool
 ) -> Status[dict[str, Any]]:
@@ -154,21 +170,22 @@ def run_job(
     naming the field; nothing is recorded then.
     """
     require(request, RUN)
-    body = payload.dict()
+    body = payload.model_dump()
 
     def start() -> JobRun:
-        return dispatch(
-            name,
-            body["args"],
-            body["kwargs"],
-            queue=body["queue"],
-            priority=body["priority"],
-            soft_time_limit=body["soft_time_limit"],
-            hard_time_limit=body["hard_time_limit"],
-            starting_deadline=body["starting_deadline"],
-            origin=RunOrigin.CLIENT,
-            requested_by=username(request),
-        )
+        with job_named_by_the_path():
+            return dispatch(
+                name,
+                body["args"],
+                body["kwargs"],
+                queue=body["queue"],
+                priority=body["priority"],
+                soft_time_limit=body["soft_time_limit"],
+                hard_time_limit=body["hard_time_limit"],
+                starting_deadline=body["starting_deadline"],
+                origin=RunOrigin.CLIENT,
+                requested_by=username(request),
+            )
 
     run, replayed = started_once(request, idempotency_key, fingerprint("job", name, body), start)
     return accepted(request, response, run, replayed)

@@ -65,7 +65,7 @@ def test_a_failed_run_shows_its_error(runner, worker):
 
 def test_unknown_jobs_and_bad_arguments_are_422s_naming_the_field_and_record_nothing(runner):
     cases = [
-        ("jobs/no.such.job/runs", {}, None, "Unknown job"),
+        ("jobs/no.such.job/runs", {}, "name", "Unknown job"),
         ("jobs/diagnostics.sleep/runs", {"kwargs": {"seconds": "long"}}, None, "seconds"),
         ("jobs/diagnostics.sleep/runs", {"args": [1, 2, 3, 4]}, None, "argument"),
         ("jobs/diagnostics.sleep/runs", {"args": "not a list"}, "args", ""),
