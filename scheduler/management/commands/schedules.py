@@ -127,6 +127,7 @@ class Command(BaseCommand):
                 self.stdout.write(line)
             if dry_run:
                 self.stdout.write("dry run: nothing changed")
-            elif plan.changes:
-                apply(plan)
-                self.stdout.write("applied")
+                return
+            apply(plan)
+        if plan.changes:  # said once committed
+            self.stdout.write("applied")
