@@ -211,6 +211,10 @@ if CELERY_BROKER_URL.startswith("redis://"):
     # so 1 and 2 would count as 0); the worker pops the lowest level first, so on
     # Redis 0 goes first (jobs.publishing.validate_priority).
     CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"] = list(range(10))
+else:
+    # RabbitMQ: a publish returns once the broker has the message (publisher
+    # confirms), so a run taken out of the outbox was really sent.
+    CELERY_BROKER_TRANSPORT_OPTIONS["confirm_publish"] = True
 # A job keeps running through a broker outage (its run is recorded in the
 # database, not in Redis) instead of being killed; Celery 6 flips this default.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False

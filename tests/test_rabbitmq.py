@@ -90,3 +90,31 @@ def test_a_killed_workers_message_comes_back_at_once_and_its_run_is_lost_in_minu
     lost = JobRun.objects.get(pk=run.pk)
     assert lost.status == RunStatus.LOST
     assert f"within {ABANDONED_MARGIN_SECONDS} s" in lost.error_message
+
+
+def delete_queue(name: str) -> None:
+    from scheduler.celery import app
+
+    with app.connection_for_write() as conn:
+        channel = conn.channel()
+        try:
+            channel.queue_delete(name)
+        finally:
+            channel.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_run_sent_before_any_worker_declared_its_queue_waits_for_the_first_worker(
+    service_env, logs_dir, catalog
+):
+    # RabbitMQ drops a message routed to a queue that does not exist; Redis keeps
+    # it in a list. Publishing declares the queue as a worker would, so it waits.
+    queue = f"{QUEUE}-first-worker"  # one this process never published to (kombu remembers declarations)
+    delete_queue(queue)
+    run = dispatch("heartbeat", queue=queue)
+    worker = start_worker(service_env, logs_dir, name="rabbit-late", concurrency=1, queues=queue)
+    try:
+        worker.wait_for_log("ready.", timeout=120)
+        assert wait_for_run(run.pk, timeout=60).status == RunStatus.SUCCEEDED
+    finally:
+        worker.stop()

@@ -8,13 +8,14 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from jobs.dispatch import dispatch
 from jobs.models import JobRun, RunStatus
 from jobs.publishing import publish_runs
 from scheduler.celery import app
-from tests.conftest import wait_for_run
+from tests.conftest import purge_amqp_queues, wait_for_run
 from tests.support.processes import children_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
@@ -41,12 +42,25 @@ def test_a_message_for_a_finished_run_is_acknowledged_and_ignored(worker, catalo
     )
 
 
+UNREAD_QUEUE = "redelivery-tests-unread"
+
+
+@pytest.fixture
+def unread_queue(redis_client):
+    yield UNREAD_QUEUE
+    if settings.CELERY_BROKER_URL.startswith("redis"):
+        redis_client.delete(UNREAD_QUEUE)
+    else:
+        purge_amqp_queues([UNREAD_QUEUE])
+
+
 def test_a_message_started_after_its_deadline_is_not_run_and_is_recorded_missed(
-    worker, catalog, clean_queues
+    worker, catalog, clean_queues, unread_queue
 ):
-    run = dispatch("heartbeat", starting_deadline=1)
-    # Simulate a message that sat in the queue: its deadline is already behind.
-    JobRun.objects.filter(pk=run.pk).update(deadline=timezone.now() - timedelta(seconds=5))
+    # Recorded and sent to a queue no worker reads, so its message cannot start
+    # it first; then a message that sat in the worker's queue past its deadline.
+    run = dispatch("heartbeat", starting_deadline=1, queue=UNREAD_QUEUE)
+    JobRun.objects.filter(pk=run.pk).update(deadline=timezone.now() - timedelta(seconds=5), queue="heartbeat")
     publish_runs(app, [JobRun.objects.get(pk=run.pk)])
 
     run = wait_for_run(run.pk, timeout=30)

@@ -24,7 +24,7 @@ import json
 from typing import Any
 
 from celery.utils.saferepr import saferepr
-from kombu import Producer
+from kombu import Exchange, Producer, Queue
 
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
@@ -103,7 +103,10 @@ def publish_task_message(
     """Publish one built message to ``queue`` with the properties Celery's ``send_task`` gives it.
 
     The default exchange routes by queue name, on Redis and AMQP alike; no
-    declaring, no retrying (the caller decides what a failure means).
+    retrying (the caller decides what a failure means). On RabbitMQ the queue
+    is declared first, as a Celery worker declares it (once per connection:
+    kombu remembers), because RabbitMQ drops a message routed to a queue that
+    does not exist yet, where Redis keeps it in a list for the first worker.
     """
     producer.publish(
         body,
@@ -117,5 +120,15 @@ def publish_task_message(
         delivery_mode=2,
         priority=priority or 0,  # kombu's default when none is given
         retry=False,
-        declare=None,
+        declare=None if on_redis(producer) else [celery_queue(queue)],
     )
+
+
+def on_redis(producer: Producer) -> bool:
+    connection = producer.connection
+    return connection is not None and connection.transport.driver_type == "redis"
+
+
+def celery_queue(name: str) -> Queue:
+    """The queue ``name`` as Celery's workers declare it by default (a direct exchange of its name)."""
+    return Queue(name, Exchange(name), routing_key=name)
