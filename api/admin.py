@@ -3,6 +3,8 @@
 The secret is never stored: only its SHA-256 and a short prefix (to tell
 tokens apart). A lost token cannot be shown again; revoke it and create
 another. Revoking keeps the row (who had access, when it was last used).
+Only superusers manage other users' tokens; anyone else with the token
+permissions sees and creates their own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ class ApiTokenAdmin(admin.ModelAdmin):
     search_fields = ("name", "prefix", "user__username")
     readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
     actions = ("revoke",)
+
+    # A token carries its user's permissions: only a superuser may make or see one for someone else,
+    # or anyone with the token permissions could act as a superuser.
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiToken]:
+        tokens = super().get_queryset(request)
+        return tokens if request.user.is_superuser else tokens.filter(user_id=request.user.pk)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "user" and not request.user.is_superuser:
+            kwargs["queryset"] = db_field.related_model.objects.filter(pk=request.user.pk)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> Any:
         if obj is None:

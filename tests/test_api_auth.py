@@ -91,3 +91,17 @@ def test_the_admin_revokes_tokens(alices_client, alice):
     token.refresh_from_db()
     assert token.revoked_at is not None
     assert ApiClient(secret).get("jobs").status_code == 401
+
+
+def test_a_non_superuser_makes_tokens_only_for_themselves(client, alice):
+    staff = user_with("staff", "api.add_apitoken", "api.view_apitoken", "api.change_apitoken")
+    staff.is_staff = True
+    staff.save()
+    token_for(alice, "alice's")
+    client.force_login(staff)
+    response = client.post("/admin/api/apitoken/add/", {"user": alice.pk, "name": "as alice"})
+    assert response.status_code == 200 and "user" in response.context["adminform"].form.errors
+    assert not ApiToken.objects.filter(name="as alice").exists()
+    assert "alice&#x27;s" not in client.get("/admin/api/apitoken/").content.decode()
+    client.post("/admin/api/apitoken/add/", {"user": staff.pk, "name": "mine"})
+    assert ApiToken.objects.get(name="mine").user == staff
