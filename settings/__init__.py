@@ -211,9 +211,11 @@ if CELERY_BROKER_URL.startswith("redis://"):
     # so 1 and 2 would count as 0); the worker pops the lowest level first, so on
     # Redis 0 goes first (jobs.publishing.validate_priority).
     CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"] = list(range(10))
-else:
+elif envbool("BROKER_CONFIRM_PUBLISH", True):
     # RabbitMQ: a publish returns once the broker has the message (publisher
-    # confirms), so a run taken out of the outbox was really sent.
+    # confirms), so a run taken out of the outbox was really sent. One round
+    # trip per message: a 10,000-slot burst takes ~9x Redis's time
+    # (bench/broker_burst.py); 0 trades that guarantee for speed.
     CELERY_BROKER_TRANSPORT_OPTIONS["confirm_publish"] = True
 # A job keeps running through a broker outage (its run is recorded in the
 # database, not in Redis) instead of being killed; Celery 6 flips this default.
