@@ -55,14 +55,9 @@ STOCK_RUN_LIST_MAX_SCHEDULES = 10_000
 
 def seed(schedules: int, runs: int) -> int:
     from django.db import connection
-    from seed import insert_runs
-    from seed import seed as seed_schedules
+    from seed import insert_runs, seed_schedules_and_a_week_of_runs
 
-    now = datetime.now(UTC)
-    seed_schedules(schedules, now, quiet_window=timedelta(minutes=40))
-    step = 200_000
-    for start in range(0, runs, step):
-        insert_runs(min(step, runs - start), now - timedelta(days=7), now, schedules, failed_share=0.002)
+    now = seed_schedules_and_a_week_of_runs(schedules, runs)
     # What the list's filters look for, in the shares a large platform might have:
     # runs still going, paused schedules (some with an end time) and problems.
     insert_runs(max(1, runs // 500), now - timedelta(minutes=5), now, schedules, status="running")

@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,14 +52,9 @@ REDIS_DB = 4
 
 def seed(schedules: int, runs: int) -> int:
     from django.db import connection
-    from seed import insert_runs
-    from seed import seed as seed_schedules
+    from seed import seed_schedules_and_a_week_of_runs
 
-    now = datetime.now(UTC)
-    seed_schedules(schedules, now, quiet_window=timedelta(minutes=40))
-    step = 200_000
-    for start in range(0, runs, step):
-        insert_runs(min(step, runs - start), now - timedelta(days=7), now, schedules, failed_share=0.002)
+    seed_schedules_and_a_week_of_runs(schedules, runs)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
         cursor.execute("SELECT count(*) FROM jobs_jobrun")

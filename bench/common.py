@@ -211,3 +211,9 @@ def seeded_runs(schedules: int) -> int:
             raise SystemExit(f"--reuse-db: the database holds {found:,} schedules, not {schedules:,}")
         cursor.execute("SELECT count(*) FROM jobs_jobrun")
         return cursor.fetchone()[0]
+
+
+def short_sql(sql: str, limit: int = 160) -> str:
+    """A statement on one line, cut at ``limit`` characters, safe inside a markdown code span."""
+    sql = " ".join(sql.split()).replace("`", "'")
+    return sql if len(sql) <= limit else sql[: limit - 1] + "…"

@@ -45,6 +45,7 @@ from bench.common import (  # noqa: E402
     run_checked,
     seeded_runs,
     setup_django,
+    short_sql,
 )
 
 DB = "h4_bench"
@@ -54,16 +55,11 @@ TARGET_MS = 300
 
 def seed(schedules: int, runs: int, random_heap: bool = False) -> int:
     from django.db import connection
-    from seed import insert_runs
-    from seed import seed as seed_schedules
+    from seed import insert_runs, seed_schedules_and_a_week_of_runs
 
     from scheduler.models import BeatLease
 
-    now = datetime.now(UTC)
-    seed_schedules(schedules, now, quiet_window=timedelta(minutes=40))
-    step = 200_000
-    for start in range(0, runs, step):
-        insert_runs(min(step, runs - start), now - timedelta(days=7), now, schedules, failed_share=0.002)
+    now = seed_schedules_and_a_week_of_runs(schedules, runs)
     for status in ("running", "queued"):
         insert_runs(max(1, runs // 500), now - timedelta(minutes=5), now, schedules, status=status)
     with connection.cursor() as cursor:
@@ -222,7 +218,7 @@ def main() -> int:
         "",
         "Slowest statements of the last render:",
         "",
-        *[f"- {float(s['time']) * 1000:.1f} ms: `{_short(s['sql'])}`" for s in by_time[:5]],
+        *[f"- {float(s['time']) * 1000:.1f} ms: `{short_sql(s['sql'])}`" for s in by_time[:5]],
         "",
         f"- measured in {time.monotonic() - started:.0f} s; load average at the end: {load}",
         "",
@@ -232,11 +228,6 @@ def main() -> int:
     if options.append:
         append_results(text)
     return 0
-
-
-def _short(sql: str, limit: int = 160) -> str:
-    sql = " ".join(sql.split()).replace("`", "'")
-    return sql if len(sql) <= limit else sql[: limit - 1] + "…"
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from bench.common import (  # noqa: E402
     run_checked,
     seeded_runs,
     setup_django,
+    short_sql,
 )
 from bench.dashboard import seed  # noqa: E402  (the same data as the dashboard's bench)
 
@@ -91,7 +92,7 @@ def explain(statements: list[dict]) -> list[str]:
             continue
         with connection.cursor() as cursor:
             cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
-            plans.append(f"-- {_short(sql, 300)}\n" + "\n".join(row[0] for row in cursor.fetchall()))
+            plans.append(f"-- {short_sql(sql, 300)}\n" + "\n".join(row[0] for row in cursor.fetchall()))
     return plans
 
 
@@ -199,11 +200,6 @@ def main() -> int:
     if options.append:
         append_results(text)
     return 0
-
-
-def _short(sql: str, limit: int = 160) -> str:
-    sql = " ".join(sql.split()).replace("`", "'")
-    return sql if len(sql) <= limit else sql[: limit - 1] + "…"
 
 
 if __name__ == "__main__":
