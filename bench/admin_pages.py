@@ -37,16 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench.common import (  # noqa: E402
-    PYTHON,
     append_results,
-    bench_env,
-    create_database,
-    database_exists,
-    drop_database,
+    close_bench_database,
     fmt,
-    run_checked,
+    open_bench_database,
     seeded_runs,
-    setup_django,
 )
 
 DB = "bench_admin_pages"
@@ -150,11 +145,7 @@ def main() -> int:
     if options.seed_only:
         options.keep_db = True
     started = time.monotonic()
-    reuse = options.reuse_db and database_exists(options.db)
-    if not reuse:
-        create_database(options.db)
-    run_checked([PYTHON, "manage.py", "migrate", "-v0"], bench_env(options.db), "migrate", 300)
-    setup_django(options.db)
+    reuse = open_bench_database(options.db, reuse=options.reuse_db)
     from django.conf import settings
     from django.contrib import admin
     from django.contrib.auth import get_user_model
@@ -222,11 +213,7 @@ def main() -> int:
             ]
         rows = measure(pages, user, options.repeats)
     finally:
-        from django.db import connections
-
-        connections.close_all()
-        if not options.keep_db:
-            drop_database(options.db)
+        close_bench_database(options.db, options.keep_db)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [

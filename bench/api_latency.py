@@ -33,17 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench.common import (  # noqa: E402
-    PYTHON,
     append_results,
-    bench_env,
-    create_database,
-    database_exists,
-    drop_database,
+    close_bench_database,
     fmt,
+    open_bench_database,
     redis_client,
-    run_checked,
     seeded_runs,
-    setup_django,
 )
 
 DB = "ha_bench"
@@ -169,22 +164,13 @@ def main() -> int:
     )
     options = parser.parse_args()
     started = time.monotonic()
-    reuse = options.reuse_db and database_exists(options.db)
-    if not reuse:
-        create_database(options.db)
-    env = bench_env(options.db, options.redis_db)
-    run_checked([PYTHON, "manage.py", "migrate", "-v0"], env, "migrate", 300)
-    setup_django(options.db, options.redis_db)
+    reuse = open_bench_database(options.db, options.redis_db, reuse=options.reuse_db)
     try:
         runs = seeded_runs(options.schedules) if reuse else seed(options.schedules, options.runs)
         print(f"{options.schedules:,} schedules, {runs:,} runs; measuring", flush=True)
         rows = measure(options.schedules, options.calls)
     finally:
-        from django.db import connections
-
-        connections.close_all()
-        if not options.keep_db:
-            drop_database(options.db)
+        close_bench_database(options.db, options.keep_db)
         redis = redis_client(options.redis_db)
         redis.delete("default", "heartbeat", "reports")  # what the measured runs were sent to
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

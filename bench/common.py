@@ -217,3 +217,25 @@ def short_sql(sql: str, limit: int = 160) -> str:
     """A statement on one line, cut at ``limit`` characters, safe inside a markdown code span."""
     sql = " ".join(sql.split()).replace("`", "'")
     return sql if len(sql) <= limit else sql[: limit - 1] + "…"
+
+
+def open_bench_database(name: str, redis_db: int = REDIS_DB, reuse: bool = False) -> bool:
+    """Make database ``name`` this process's: created empty (or kept: ``reuse``), migrated, Django set up.
+
+    Returns whether an earlier run's database was reused (``reuse`` and it exists).
+    """
+    reused = reuse and database_exists(name)
+    if not reused:
+        create_database(name)
+    run_checked([PYTHON, "manage.py", "migrate", "-v0"], bench_env(name, redis_db), "migrate", 300)
+    setup_django(name, redis_db)
+    return reused
+
+
+def close_bench_database(name: str, keep: bool) -> None:
+    """Close this process's connections, then drop database ``name`` unless ``keep``."""
+    from django.db import connections
+
+    connections.close_all()
+    if not keep:
+        drop_database(name)

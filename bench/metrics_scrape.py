@@ -33,16 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench.common import (  # noqa: E402
-    PYTHON,
     append_results,
-    bench_env,
-    create_database,
-    database_exists,
-    drop_database,
+    close_bench_database,
     fmt,
-    run_checked,
+    open_bench_database,
     seeded_runs,
-    setup_django,
     short_sql,
 )
 from bench.dashboard import seed  # noqa: E402  (the same data as the dashboard's bench)
@@ -111,12 +106,7 @@ def main() -> int:
     if options.seed_only or options.reuse_db:
         options.keep_db = True
     started = time.monotonic()
-    reuse = options.reuse_db and database_exists(options.db)
-    if not reuse:
-        create_database(options.db)
-    env = bench_env(options.db, REDIS_DB)
-    run_checked([PYTHON, "manage.py", "migrate", "-v0"], env, "migrate", 300)
-    setup_django(options.db, REDIS_DB)
+    reuse = open_bench_database(options.db, REDIS_DB, reuse=options.reuse_db)
     from django.conf import settings
     from django.utils import timezone
 
@@ -157,11 +147,7 @@ def main() -> int:
             if options.explain and not per_schedule:
                 plans = explain(last)
     finally:
-        from django.db import connections
-
-        connections.close_all()
-        if not options.keep_db:
-            drop_database(options.db)
+        close_bench_database(options.db, options.keep_db)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
