@@ -39,19 +39,13 @@ from jobs.models import RunStatus
 from scheduler.beat.entries import job_defaults
 from scheduler.describe import describe_schedule, next_slots
 from scheduler.models import SchedulePolicy
+from scheduler.services import paused_now
 
 NO_RUNS = ScheduleRunFacts(last_run=None, failure_streak=0)
 
 
-def paused_condition(now: datetime) -> Q:
-    """Schedules paused at ``now``: a pause started and its end, if any, still ahead (see ``is_paused``)."""
-    return Q(policy__paused_at__isnull=False) & (
-        Q(policy__paused_until__isnull=True) | Q(policy__paused_until__gt=now)
-    )
-
-
 def is_paused(policy: SchedulePolicy | None, now: datetime) -> bool:
-    """The row-level twin of ``paused_condition``: the same rule, for an already loaded policy."""
+    """The row-level twin of ``scheduler.services.paused_now``: the same rule, for a loaded policy."""
     if policy is None or policy.paused_at is None:
         return False
     return policy.paused_until is None or policy.paused_until > now
@@ -93,7 +87,7 @@ class PausedFilter(admin.SimpleListFilter):
         return [("yes", "paused"), ("no", "not paused")]
 
     def queryset(self, request: Any, queryset: QuerySet) -> QuerySet:
-        paused = paused_condition(timezone.now())
+        paused = paused_now(timezone.now(), "policy__")
         if self.value() == "yes":
             return queryset.filter(paused)
         if self.value() == "no":
