@@ -21,13 +21,18 @@ from django.core.exceptions import ValidationError
 VISIBILITY_SHARE = 0.75
 
 
+def broker_is_redis() -> bool:
+    """Whether the configured broker is Redis (``redis://``, ``rediss://``, ``redis+socket://``)."""
+    return urlparse(str(settings.CELERY_BROKER_URL)).scheme.startswith("redis")
+
+
 def broker_redelivery_timeout() -> tuple[int, str] | None:
     """(seconds, the setting that holds them) after which the broker hands an unacked message out again.
 
     ``None`` when the broker never does while its worker's connection lives
     (RabbitMQ with ``consumer_timeout`` off: ``BROKER_CONSUMER_TIMEOUT=0``).
     """
-    if urlparse(settings.CELERY_BROKER_URL).scheme.startswith("redis"):
+    if broker_is_redis():
         return settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"], "BROKER_VISIBILITY_TIMEOUT"
     if settings.BROKER_CONSUMER_TIMEOUT:
         return settings.BROKER_CONSUMER_TIMEOUT, "BROKER_CONSUMER_TIMEOUT"

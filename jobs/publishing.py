@@ -38,13 +38,13 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from celery import Celery
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection as db
 from django.db.models import F
 from django.utils import timezone
 from kombu import Connection, Producer, pools
 
+from jobs.limits import broker_is_redis
 from jobs.models import JobRun, OutboxBatch, RunStatus
 from jobs.sendonly.messages import build_task_message, publish_task_message
 from lib.sequences import chunks
@@ -100,10 +100,6 @@ def task_message(run: PublishableRun, origin: str) -> tuple[dict[str, Any], str]
 
 REDIS_MAX_PRIORITY = 9  # kombu's Redis transport: levels 0-9 (settings: priority_steps)
 AMQP_MAX_PRIORITY = 255  # RabbitMQ's limit for x-max-priority
-
-
-def broker_is_redis() -> bool:
-    return str(settings.CELERY_BROKER_URL).startswith(("redis://", "rediss://", "redis+socket://"))
 
 
 def validate_priority(priority: int | None) -> None:

@@ -46,6 +46,7 @@ from django.db import connection
 from django.db.models import Case, Field, Q, Value, When
 from django.utils import timezone
 
+from jobs.limits import broker_is_redis
 from jobs.models import ACTIVE_STATUSES, STARTABLE_STATUSES, JobRun, RunOrigin, RunStatus
 from jobs.workers import attempt_is_alive
 from lib.sequences import chunks
@@ -409,7 +410,7 @@ def _take_over_lost_attempt(
 def _still_running(run: JobRun, now: datetime) -> str:
     """The warning for a copy of a message whose attempt is alive: what happened and the fix."""
     ran_for = f", for {int((now - run.started_at).total_seconds())} s" if run.started_at else ""
-    if not settings.CELERY_BROKER_URL.startswith("redis"):
+    if not broker_is_redis():
         # RabbitMQ gives a message back when the channel that took it closes: the
         # worker's connection dropped, or the delivery outlived consumer_timeout.
         return (
@@ -490,7 +491,7 @@ def abandoned_after_seconds() -> int:
     took it closes, which a dead worker's already has: the copy is delivered
     at once (or waits in the queue), so the margin alone.
     """
-    if settings.CELERY_BROKER_URL.startswith("redis"):
+    if broker_is_redis():
         timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout") or 3600
         return 2 * timeout + ABANDONED_MARGIN_SECONDS
     return ABANDONED_MARGIN_SECONDS
