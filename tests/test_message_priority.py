@@ -97,7 +97,9 @@ def test_run_now_and_the_outbox_keep_the_schedules_priority(queue, redis_client)
 @pytest.mark.slow
 def test_a_better_priority_overtakes_runs_queued_before_it_in_the_real_worker(worker, clean_queues):
     # Both worker children busy (prefetch 1 and late acks: the worker takes nothing more meanwhile).
-    blockers = [dispatch("diagnostics.sleep", [3]) for _ in range(2)]
+    # They end 2 s apart, so one child frees up at a time: two freed at once would take the
+    # urgent run and a low one together, and their starts could fall in either order.
+    blockers = [dispatch("diagnostics.sleep", [seconds]) for seconds in (3, 5)]
     for blocker in blockers:
         wait_for_run(blocker.pk, statuses={RunStatus.RUNNING}, timeout=60)
     low = [dispatch("diagnostics.sleep", [0.2], priority=9) for _ in range(3)]
