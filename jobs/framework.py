@@ -152,6 +152,45 @@ def announce_ending(run_id: Any, recorded: RunStatus) -> None:
     announce_ended(run, recorded, error, will_retry=will_retry)
 
 
+@dataclass(frozen=True)
+class RunContinues:
+    """Returned by a job whose run goes on after its body returns (a report's chunks).
+
+    The run stays ``running``; whatever carries on (a chord's callback, its
+    error callback) ends it with :func:`end_continued_run`. ``note`` is logged.
+    """
+
+    note: str = ""
+
+
+def end_continued_run(
+    run_id: Any,
+    status: RunStatus,
+    *,
+    result: Any = None,
+    error: runs.RunError | None = None,
+    exc: BaseException | None = None,
+) -> bool:
+    """End a run whose job returned ``RunContinues``; ``True`` if this call ended it.
+
+    The same ending a job's own return or exception gets: one guarded UPDATE
+    (``runs.finish_run``, from ``running`` only, so a second callback or a
+    run already recorded ``lost`` by hand never ends it twice), the
+    ``run_ended`` signal, and a Sentry event for ``exc`` when it ended badly.
+    ``False``, with nothing written, for an unknown or already ended run.
+    """
+    run_uuid = runs.run_pk(run_id)
+    run = JobRun.objects.filter(pk=run_uuid, status=RunStatus.RUNNING).first() if run_uuid else None
+    if run is None:
+        return False
+    if not runs.finish_run(run, status, error=error, result=result):
+        return False
+    announce_ended(run, status, error)
+    if exc is not None and status != RunStatus.SUCCEEDED:
+        report_to_sentry(run, exc)
+    return True
+
+
 class JobRequest(Request):
     """A job's message in the worker's main process: what Celery does, plus two records.
 
@@ -290,6 +329,10 @@ class JobTask(Task):
                 announce_ended(run, RunStatus.FAILED, error)
             report_to_sentry(run, exc)
             raise
+        if isinstance(result, RunContinues):
+            # The run goes on elsewhere (a chord of chunks): end_continued_run ends it.
+            logger.info("%s[%s]: continues: %s", self.name, request.id, result.note)
+            return None
         if runs.finish_run(run, RunStatus.SUCCEEDED, result=result):
             announce_ended(run, RunStatus.SUCCEEDED, None)
         return result

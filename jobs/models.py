@@ -121,6 +121,24 @@ class JobRun(models.Model):
         db_default="",
         help_text="The Sentry event of its failure, when Sentry is on.",
     )
+    # Progress a running job reports (jobs.progress): done of total, and what it is
+    # doing. Written at most once a second per run; empty for jobs that report none.
+    progress_done = models.BigIntegerField(null=True, blank=True)
+    progress_total = models.BigIntegerField(null=True, blank=True)
+    progress_message = models.CharField(max_length=200, blank=True, default="", db_default="")
+    progress_updated_at = models.DateTimeField(null=True, blank=True)
+    # A run held back by its job's max_concurrency: since when, and for what. The
+    # run stays queued meanwhile (no worker slot held, no attempt counted).
+    waiting_since = models.DateTimeField(
+        null=True, blank=True, help_text="When the run first waited for a concurrency slot."
+    )
+    waiting_for = models.CharField(
+        max_length=300,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="What the run waits for while it waits (empty once it started).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     # Not columns: what became of a dispatched run's message, set on the
@@ -228,6 +246,40 @@ class RunSummaryReport(models.Model):
 
     def __str__(self) -> str:
         return f"Run summary {self.window_start:%Y-%m-%d %H:%M} – {self.window_end:%Y-%m-%d %H:%M} UTC"
+
+
+class ConcurrencyGate(models.Model):
+    """One row per concurrency key, locked by whoever takes or counts that key's leases.
+
+    Locking it (an UPDATE) serializes the count-then-insert of
+    ``jobs.concurrency.acquire`` on PostgreSQL and SQLite alike.
+    """
+
+    key = models.CharField(max_length=200, primary_key=True)
+    touched_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class ConcurrencyLease(models.Model):
+    """One run (or report chunk) holding one of its key's ``max_concurrency`` places.
+
+    A lease names the worker holding it and expires unless that worker's
+    presence thread renews it, so a killed worker's places come back.
+    """
+
+    key = models.CharField(max_length=200, help_text="The job's name (a report's chunks share it).")
+    holder = models.CharField(max_length=64, unique=True, help_text="The run id or chunk task id.")
+    worker = models.CharField(max_length=255, blank=True)
+    acquired_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["key", "expires_at"], name="lease_by_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.holder} on {self.worker or '?'}"
 
 
 class WorkerPresence(models.Model):

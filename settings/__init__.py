@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "scheduler",
     "jobs",
     "alerts",
+    "reports",
     "api",
 ]
 
@@ -226,9 +227,12 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_EVENT_SERIALIZER = "json"
-# Our run history (jobs.JobRun) is the result store; Celery results are not kept.
+# Our run history (jobs.JobRun) is the result store; Celery results are not kept,
+# but for the chunks of a chunked report: a chord (reports.chunking) counts its
+# parts in the result backend, Redis (RESULT_BACKEND to point elsewhere, e.g.
+# when BROKER_URL is RabbitMQ and REDIS_URL is not set).
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_RESULT_BACKEND = None
+CELERY_RESULT_BACKEND = envstr("RESULT_BACKEND") or REDIS_URL
 # No result backend, so nothing to expire: without this, django-celery-beat's
 # stock scheduler (used during a migration to ours) adds a
 # ``celery.backend_cleanup`` task for a job outside our catalog, which our
