@@ -1,0 +1,1 @@
+"""The reports that ship with the platform."""
