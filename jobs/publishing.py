@@ -17,8 +17,8 @@ starts a run once and ignores the second message.
 Priority: a run's ``priority`` (a schedule's ``PeriodicTask.priority``, or
 ``dispatch(priority=...)``) becomes the message's broker priority. On Redis
 it is 0–9 and **0 goes first** (kombu keeps one list per level and pops the
-lowest first; a message without one counts as 0); on RabbitMQ 0–255, higher
-first, honoured by queues declared with ``x-max-priority``. ``validate_priority``
+lowest first; a message without one counts as 0); on RabbitMQ 0 to the queues'
+``x-max-priority`` (``BROKER_QUEUE_MAX_PRIORITY``, 10 by default), higher first. ``validate_priority``
 says what the configured broker takes. The outbox keeps run ids only, so a
 run re-sent from it takes its schedule's priority (a client's dispatch with
 no schedule is re-sent without one).
@@ -38,6 +38,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from celery import Celery
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection as db
 from django.db.models import F
@@ -99,13 +100,14 @@ def task_message(run: PublishableRun, origin: str) -> tuple[dict[str, Any], str]
 
 
 REDIS_MAX_PRIORITY = 9  # kombu's Redis transport: levels 0-9 (settings: priority_steps)
-AMQP_MAX_PRIORITY = 255  # RabbitMQ's limit for x-max-priority
 
 
 def validate_priority(priority: int | None) -> None:
     """Refuse a message priority the configured broker cannot honour (``ValidationError`` on ``priority``).
 
-    None means the broker's default. Redis: 0-9, 0 first; RabbitMQ: 0-255, higher first.
+    None means the broker's default. Redis: 0-9, 0 first. RabbitMQ: 0 to the
+    queues' ``x-max-priority`` (``BROKER_QUEUE_MAX_PRIORITY``), higher first;
+    with it 0, queues take no priorities and any but 0 is refused.
     """
     if priority is None:
         return
@@ -118,11 +120,20 @@ def validate_priority(priority: int | None) -> None:
                     "others). Leave it empty for the default, 0."
                 }
             )
-    elif not 0 <= priority <= AMQP_MAX_PRIORITY:
+        return
+    highest = settings.BROKER_QUEUE_MAX_PRIORITY
+    if not highest and priority:
         raise ValidationError(
             {
-                "priority": f"Priority {priority} is out of range: 0 to {AMQP_MAX_PRIORITY}, higher goes "
-                "first (on queues declared with x-max-priority). Leave it empty for none."
+                "priority": "Priorities are off: the RabbitMQ queues are declared without x-max-priority "
+                "(BROKER_QUEUE_MAX_PRIORITY=0). Leave it empty."
+            }
+        )
+    if not 0 <= priority <= highest:
+        raise ValidationError(
+            {
+                "priority": f"Priority {priority} is out of range: with RabbitMQ it is 0 to {highest} "
+                "(BROKER_QUEUE_MAX_PRIORITY), and higher goes first. Leave it empty for none."
             }
         )
 
@@ -193,7 +204,12 @@ def publish_runs(app: Celery, runs: Sequence[PublishableRun]) -> int:
         for run in queued:
             headers, body = task_message(run, origin)
             publish_task_message(
-                producer, headers, body, queue=run.queue or default_queue, priority=message_priority(run)
+                producer,
+                headers,
+                body,
+                queue=run.queue or default_queue,
+                priority=message_priority(run),
+                queue_max_priority=settings.BROKER_QUEUE_MAX_PRIORITY,
             )
     return len(queued)
 

@@ -203,21 +203,31 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     # limit; shorter would run a slow job twice. Jobs enforce MAX_HARD_TIME_LIMIT.
     "visibility_timeout": envint("BROKER_VISIBILITY_TIMEOUT", 3 * 3600, minimum=60),
 }
-if CELERY_BROKER_URL.startswith("redis://"):
-    # kombu's Redis transport, except that a channel keeps its connection
-    # parameters: with kombu 5.7 a worker whose Redis went down while a job ran
-    # died restoring the job's message (lib/redis_transport.py says how).
-    CELERY_BROKER_TRANSPORT = "lib.redis_transport:Transport"
+BROKER_IS_REDIS = CELERY_BROKER_URL.split("://", 1)[0].lower().startswith("redis")
+if BROKER_IS_REDIS:
+    if CELERY_BROKER_URL.startswith("redis://"):
+        # kombu's Redis transport, except that a channel keeps its connection
+        # parameters: with kombu 5.7 a worker whose Redis went down while a job ran
+        # died restoring the job's message (lib/redis_transport.py says how).
+        CELERY_BROKER_TRANSPORT = "lib.redis_transport:Transport"
     # One list per message priority 0-9 (kombu's default has 4 levels: 0, 3, 6, 9,
     # so 1 and 2 would count as 0); the worker pops the lowest level first, so on
     # Redis 0 goes first (jobs.publishing.validate_priority).
     CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"] = list(range(10))
-elif envbool("BROKER_CONFIRM_PUBLISH", True):
-    # RabbitMQ: a publish returns once the broker has the message (publisher
-    # confirms), so a run taken out of the outbox was really sent. One round
-    # trip per message: a 10,000-slot burst takes ~9x Redis's time
-    # (bench/broker_burst.py); 0 trades that guarantee for speed.
-    CELERY_BROKER_TRANSPORT_OPTIONS["confirm_publish"] = True
+    BROKER_QUEUE_MAX_PRIORITY = 0  # not a queue argument on Redis
+else:
+    # RabbitMQ honours message priorities only on queues declared with x-max-priority
+    # (higher goes first); workers, beat and the send-only client declare every queue
+    # with this value (0: none). RabbitMQ refuses to re-declare an existing queue with
+    # other arguments: a queue made without it must be drained and deleted once (README).
+    BROKER_QUEUE_MAX_PRIORITY = envint("BROKER_QUEUE_MAX_PRIORITY", 10, minimum=0, maximum=255)
+    CELERY_TASK_QUEUE_MAX_PRIORITY = BROKER_QUEUE_MAX_PRIORITY or None
+    if envbool("BROKER_CONFIRM_PUBLISH", True):
+        # A publish returns once the broker has the message (publisher confirms), so
+        # a run taken out of the outbox was really sent. One round trip per message:
+        # a 10,000-slot burst takes ~9x Redis's time (bench/broker_burst.py); 0 trades
+        # that guarantee for speed.
+        CELERY_BROKER_TRANSPORT_OPTIONS["confirm_publish"] = True
 # A job keeps running through a broker outage (its run is recorded in the
 # database, not in Redis) instead of being killed; Celery 6 flips this default.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False

@@ -9,6 +9,8 @@ RabbitMQ has no visibility timeout. It gives an unacknowledged message back
 the moment the channel that took it closes: a worker killed mid-job has its
 message redelivered at once to another worker, not hours later; and a run
 whose worker died is recorded lost once no copy can come back (minutes).
+Queues are declared with ``x-max-priority`` (``BROKER_QUEUE_MAX_PRIORITY``), so
+higher priorities go first; the outbox and the send-only client work the same.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
-from jobs.dispatch import dispatch
-from jobs.models import JobRun, RunStatus
+from jobs.dispatch import Delivery, dispatch
+from jobs.models import JobRun, OutboxBatch, RunOrigin, RunStatus
+from jobs.publishing import publish_outbox
 from jobs.runs import ABANDONED_MARGIN_SECONDS, abandoned_after_seconds, record_abandoned_attempts
+from scheduler.celery import app
 from tests.conftest import purge_amqp_queues, wait_for_run
+from tests.support.broker import app_broker, closed_port_url
 from tests.support.processes import children_of, start_worker
+from tests.test_sendonly_client import run_without_django
 
 QUEUE = "rabbitmq-tests"
 
@@ -118,3 +125,71 @@ def test_a_run_sent_before_any_worker_declared_its_queue_waits_for_the_first_wor
         assert wait_for_run(run.pk, timeout=60).status == RunStatus.SUCCEEDED
     finally:
         worker.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_higher_priority_run_overtakes_runs_queued_before_it(first_worker):
+    # The worker's one child is busy and, with late acks and a prefetch of one,
+    # the worker holds no other message: the queue orders what waits, and it
+    # does so only when declared with x-max-priority (BROKER_QUEUE_MAX_PRIORITY).
+    blocker = dispatch("diagnostics.sleep", [3], queue=QUEUE)
+    wait_for_run(blocker.pk, statuses={RunStatus.RUNNING}, timeout=60)
+    low = [dispatch("diagnostics.sleep", [0.1], queue=QUEUE, priority=1) for _ in range(3)]
+    urgent = dispatch("diagnostics.sleep", [0.1], queue=QUEUE, priority=9)
+
+    finished = {run.pk: wait_for_run(run.pk, timeout=60) for run in [blocker, *low, urgent]}
+
+    assert {run.status for run in finished.values()} == {RunStatus.SUCCEEDED}
+    assert settings.BROKER_QUEUE_MAX_PRIORITY == 10
+    started = {pk: run.started_at for pk, run in finished.items()}
+    assert all(started[urgent.pk] < started[run.pk] for run in low), started
+
+
+def test_a_priority_above_the_queues_maximum_is_refused_with_the_range(catalog):
+    with pytest.raises(ValidationError) as refused:
+        dispatch("heartbeat", queue=QUEUE, priority=11)
+
+    (message,) = refused.value.message_dict["priority"]
+    assert "with RabbitMQ it is 0 to 10 (BROKER_QUEUE_MAX_PRIORITY)" in message
+    assert not JobRun.objects.exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_run_kept_in_the_outbox_while_rabbitmq_was_down_is_sent_by_the_sweep(first_worker):
+    with app_broker(closed_port_url("guest:guest@", scheme="amqp")):
+        run = dispatch("diagnostics.sleep", [0.1], queue=QUEUE)
+
+    assert run.delivery == Delivery.OUTBOX
+    assert run.delivery_error  # the broker's error, kept on the returned run
+    assert JobRun.objects.get(pk=run.pk).status == RunStatus.QUEUED
+    assert OutboxBatch.objects.filter(run_ids__contains=[str(run.pk)]).exists()
+
+    assert publish_outbox(app) == 1  # the 30 s sweep's step, with RabbitMQ back
+
+    assert wait_for_run(run.pk, timeout=60).status == RunStatus.SUCCEEDED
+    assert not OutboxBatch.objects.exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_service_without_django_dispatches_over_rabbitmq_with_the_catalog_from_redis(first_worker):
+    result = run_without_django(
+        f"""
+        import os
+        from jobs.sendonly import Client
+
+        catalog = {settings.REDIS_URL!r}
+        with Client(os.environ["BROKER"], catalog_url=catalog, service="billing-api") as client:
+            dispatched = client.dispatch("diagnostics.sleep", [0.1], queue={QUEUE!r}, priority=7)
+            try:
+                client.dispatch("diagnostics.sleep", [0.1], queue={QUEUE!r}, priority=11)
+            except Exception as exc:
+                refused = str(exc)
+        result = {{"run_id": dispatched.run_id, "refused": refused}}
+        """,
+        settings.CELERY_BROKER_URL,
+    )
+
+    run = wait_for_run(result["run_id"], timeout=60)
+    assert run.status == RunStatus.SUCCEEDED, (run.status, run.error_message)
+    assert (run.origin, run.requested_by, run.queue) == (RunOrigin.CLIENT, "billing-api", QUEUE)
+    assert "0 to 10" in result["refused"]

@@ -69,7 +69,10 @@ ORIGIN_CLIENT = "client"  # jobs.models.RunOrigin.CLIENT, the run's recorded ori
 # default steps (0, 3, 6, 9) would file priority 1 under 0.
 REDIS_PRIORITY_STEPS = list(range(10))
 REDIS_MAX_PRIORITY = 9  # 0 goes first on Redis (jobs.publishing.validate_priority)
-AMQP_MAX_PRIORITY = 255  # higher goes first, on queues declared with x-max-priority
+# RabbitMQ: higher goes first, up to the queues' x-max-priority, which must be the
+# platform's BROKER_QUEUE_MAX_PRIORITY (its default is this): a queue declared
+# with other arguments is refused by RabbitMQ.
+AMQP_QUEUE_MAX_PRIORITY = 10
 
 REDIS_SCHEMES = ("redis", "rediss")
 POOL_SIZE = 10  # broker connections a client keeps: threads sending at once beyond it wait
@@ -139,6 +142,8 @@ class Client:
     itself when it is Redis, else the platform's ``REDIS_URL`` (required then).
     ``service``: recorded as the run's ``requested_by`` (who asked), e.g. "billing-api".
     ``catalog_ttl``: seconds a read of the catalog is trusted (an unknown name is read again at once).
+    ``queue_max_priority``: RabbitMQ only: the platform's ``BROKER_QUEUE_MAX_PRIORITY``
+    (queues are declared with it; priorities above it are refused).
     """
 
     def __init__(
@@ -148,10 +153,12 @@ class Client:
         catalog_url: str | None = None,
         service: str = "",
         catalog_ttl: float = 5.0,
+        queue_max_priority: int = AMQP_QUEUE_MAX_PRIORITY,
     ) -> None:
         import redis  # kombu's Redis transport needs it too; imported here so the module loads without it
 
         self._broker_is_redis = _scheme(broker_url) in REDIS_SCHEMES
+        self._queue_max_priority = 0 if self._broker_is_redis else queue_max_priority
         if catalog_url is None:
             if not self._broker_is_redis:
                 raise ValueError(
@@ -204,8 +211,8 @@ class Client:
         """Check and send one run of ``job``; return its ``Dispatched`` handle (``run_id``).
 
         Options as Celery's ``apply_async`` takes them: ``queue`` (default: the
-        job's), ``priority`` (Redis 0-9, 0 first; RabbitMQ 0-255, higher
-        first), ``countdown`` seconds or ``eta`` (an aware datetime; not
+        job's), ``priority`` (Redis 0-9, 0 first; RabbitMQ 0 to
+        ``queue_max_priority``, higher first), ``countdown`` seconds or ``eta`` (an aware datetime; not
         both), ``expires`` (an aware datetime or seconds from now: a message
         still unstarted then is discarded and its run recorded ``missed``),
         ``soft_time_limit`` / ``hard_time_limit`` (default: the job's), and
@@ -245,7 +252,14 @@ class Client:
         )
         with self._producers.acquire(block=True, timeout=10) as producer:
             try:
-                publish_task_message(producer, headers, body, queue=target, priority=priority)
+                publish_task_message(
+                    producer,
+                    headers,
+                    body,
+                    queue=target,
+                    priority=priority,
+                    queue_max_priority=self._queue_max_priority,
+                )
             except BaseException:
                 if producer.connection is not None:  # the next call reconnects, not on a dead socket
                     producer.connection.collect()
@@ -286,7 +300,7 @@ class Client:
     def _check_priority(self, priority: int | None) -> None:
         if priority is None:
             return
-        highest = REDIS_MAX_PRIORITY if self._broker_is_redis else AMQP_MAX_PRIORITY
+        highest = REDIS_MAX_PRIORITY if self._broker_is_redis else self._queue_max_priority
         if not (_is_whole_number(priority) and 0 <= priority <= highest):
             order = "0 goes first on Redis" if self._broker_is_redis else "higher goes first"
             raise InvalidDispatchOption(

@@ -98,7 +98,13 @@ def build_task_message(
 
 
 def publish_task_message(
-    producer: Producer, headers: dict[str, Any], body: str, *, queue: str, priority: int | None
+    producer: Producer,
+    headers: dict[str, Any],
+    body: str,
+    *,
+    queue: str,
+    priority: int | None,
+    queue_max_priority: int | None = None,
 ) -> None:
     """Publish one built message to ``queue`` with the properties Celery's ``send_task`` gives it.
 
@@ -107,6 +113,8 @@ def publish_task_message(
     is declared first, as a Celery worker declares it (once per connection:
     kombu remembers), because RabbitMQ drops a message routed to a queue that
     does not exist yet, where Redis keeps it in a list for the first worker.
+    ``queue_max_priority`` must be the workers' (``BROKER_QUEUE_MAX_PRIORITY``):
+    RabbitMQ refuses a declaration whose arguments differ from the queue's.
     """
     producer.publish(
         body,
@@ -120,7 +128,7 @@ def publish_task_message(
         delivery_mode=2,
         priority=priority or 0,  # kombu's default when none is given
         retry=False,
-        declare=None if on_redis(producer) else [celery_queue(queue)],
+        declare=None if on_redis(producer) else [celery_queue(queue, queue_max_priority)],
     )
 
 
@@ -129,6 +137,9 @@ def on_redis(producer: Producer) -> bool:
     return connection is not None and connection.transport.driver_type == "redis"
 
 
-def celery_queue(name: str) -> Queue:
-    """The queue ``name`` as Celery's workers declare it by default (a direct exchange of its name)."""
-    return Queue(name, Exchange(name), routing_key=name)
+def celery_queue(name: str, max_priority: int | None = None) -> Queue:
+    """The queue ``name`` as Celery's workers declare it (a direct exchange of its name).
+
+    ``max_priority``: its ``x-max-priority`` (Celery's ``task_queue_max_priority``), none when falsy.
+    """
+    return Queue(name, Exchange(name), routing_key=name, max_priority=max_priority or None)

@@ -34,6 +34,7 @@ def app_broker(url: str) -> Iterator[str]:
                 changes.pop(key, None)
 
 
-def closed_port_url(credentials: str = "") -> str:
-    """A Redis URL on a loopback port where nothing listens, as when Redis is down."""
-    return f"redis://{credentials}127.0.0.1:{free_port()}/0"
+def closed_port_url(credentials: str = "", scheme: str = "redis") -> str:
+    """A broker URL on a loopback port where nothing listens, as when the broker is down."""
+    path = "/0" if scheme == "redis" else "//"
+    return f"{scheme}://{credentials}127.0.0.1:{free_port()}{path}"
