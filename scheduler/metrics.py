@@ -50,8 +50,9 @@ by ``bench/metrics_scrape.py``): the per-schedule block streams two reads of
 the schedules and two grouped reads of the runs; the run counters one grouped
 scan of the whole run table. The per-schedule block grows with the schedules
 (seconds at 100,000, and ~40 MB of text), so ``/metrics`` keeps its rendered
-text per process for ``SCHEDULE_CACHE_SECONDS``; everything else is read on
-every scrape. Above ~10,000 schedules, ``METRICS_PER_SCHEDULE=0`` keeps a
+text per process and renders the next one in the background once it is
+``SCHEDULE_CACHE_SECONDS`` old (``schedule_exposition``); everything else is
+read on every scrape. Above ~10,000 schedules, ``METRICS_PER_SCHEDULE=0`` keeps a
 scrape well under a second.
 """
 
@@ -59,6 +60,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -66,6 +68,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import close_old_connections, connection
 from django.db.models import BooleanField, CharField, Count, ExpressionWrapper, Max, Q, Sum
 from django.db.models.functions import Cast
 from django.http import Http404, HttpRequest, HttpResponse
@@ -374,26 +377,65 @@ def exposition(collector: Collector | None = None) -> bytes:
 
 # At 100,000 schedules the per-schedule block costs seconds (reading and computing the
 # next slots, then writing 600,000 samples: bench/metrics_scrape.py), so each web process
-# keeps its rendered text this long: scrapes within it (a Prometheus pair, a retry) pay
-# nothing, at the price of per-schedule values up to this old.
+# keeps its rendered text and serves it while a background thread renders the next one
+# once it is this old: only a process's first scrape waits for the block.
 SCHEDULE_CACHE_SECONDS = 15.0
 _schedule_cache: dict[str, tuple[float, bytes]] = {}
+_refreshing = threading.Lock()
+
+
+def render_schedule_block() -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(schedule_metrics(timezone.now())))
+    return generate_latest(registry)
 
 
 def schedule_exposition() -> bytes:
-    """The per-schedule series as exposition text, at most ``SCHEDULE_CACHE_SECONDS`` old."""
+    """The per-schedule series as exposition text, stale while revalidated.
+
+    The first call in a process renders the block (it waits). Afterwards a
+    call returns the kept text at once; when that text is older than
+    ``SCHEDULE_CACHE_SECONDS`` it also starts one background render (never
+    two at a time), which replaces the text when done. So per-schedule
+    values are at most ``SCHEDULE_CACHE_SECONDS`` plus one render old. A
+    render that fails keeps the old text, logs, and is tried again at the
+    next scrape.
+    """
     cached = _schedule_cache.get("body")
-    if cached is not None and time.monotonic() - cached[0] < SCHEDULE_CACHE_SECONDS:
-        return cached[1]
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(schedule_metrics(timezone.now())))
-    body = generate_latest(registry)
-    _schedule_cache["body"] = (time.monotonic(), body)
-    return body
+    if cached is None:
+        with _refreshing:
+            cached = _schedule_cache.get("body")
+            if cached is None:
+                body = render_schedule_block()
+                _schedule_cache["body"] = (time.monotonic(), body)
+                return body
+    if time.monotonic() - cached[0] >= SCHEDULE_CACHE_SECONDS and _refreshing.acquire(blocking=False):
+        threading.Thread(target=_refresh_in_background, name="metrics-schedules", daemon=True).start()
+    return cached[1]
+
+
+def _refresh_in_background() -> None:
+    try:
+        close_old_connections()
+        _schedule_cache["body"] = (time.monotonic(), render_schedule_block())
+    except Exception:
+        logger.exception("/metrics: the per-schedule block could not be rendered; the previous one is served")
+    finally:
+        connection.close()  # this thread's own connection; the thread ends here
+        _refreshing.release()
+
+
+def wait_for_schedule_refresh(timeout: float = 30.0) -> bool:
+    """Wait until no background render runs (tests, benches); ``False`` on timeout."""
+    if not _refreshing.acquire(timeout=timeout):
+        return False
+    _refreshing.release()
+    return True
 
 
 def forget_cached_schedules() -> None:
-    """Drop the cached per-schedule block (tests; the next scrape reads it afresh)."""
+    """Drop the kept per-schedule block (tests; the next scrape renders it and waits)."""
+    wait_for_schedule_refresh()
     _schedule_cache.clear()
 
 

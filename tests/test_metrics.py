@@ -22,7 +22,14 @@ from jobs.catalog import publish_catalog
 from jobs.models import JobDefinition, JobRun, RunStatus, WorkerPresence
 from scheduler.beat.entries import job_defaults
 from scheduler.describe import next_slots
-from scheduler.metrics import DURATION_BUCKETS, PlatformCollector, exposition, forget_cached_schedules
+from scheduler import metrics
+from scheduler.metrics import (
+    DURATION_BUCKETS,
+    PlatformCollector,
+    exposition,
+    forget_cached_schedules,
+    wait_for_schedule_refresh,
+)
 from scheduler.models import BeatLease, SchedulePolicy
 
 pytestmark = pytest.mark.django_db
@@ -463,3 +470,21 @@ def test_the_per_schedule_block_is_cached_briefly_and_the_rest_read_every_scrape
     assert ("heartbeat", "failed") in {(x["job"], x["status"]) for x, _ in series["beatplatform_runs_total"]}
     forget_cached_schedules()
     assert len(scrape(client)["beatplatform_schedule_info"]) == 2
+
+
+@pytest.mark.django_db(transaction=True)  # the background render reads on its own connection
+def test_a_stale_per_schedule_block_is_served_at_once_and_rendered_again_in_the_background(
+    client, metrics_on, monkeypatch
+):
+    hourly("first", timedelta(minutes=5))
+    assert len(scrape(client)["beatplatform_schedule_info"]) == 1  # the process's first scrape renders
+    monkeypatch.setattr(metrics, "SCHEDULE_CACHE_SECONDS", 0.0)  # from now on the kept block is stale
+    hourly("second", timedelta(minutes=5))
+
+    served_stale = scrape(client)
+    assert wait_for_schedule_refresh(timeout=30)
+    served_fresh = scrape(client)
+    assert wait_for_schedule_refresh(timeout=30)
+
+    assert len(served_stale["beatplatform_schedule_info"]) == 1  # did not wait for the new render
+    assert len(served_fresh["beatplatform_schedule_info"]) == 2
