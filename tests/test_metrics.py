@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.catalog import publish_catalog
 from jobs.models import JobDefinition, JobRun, RunStatus, WorkerPresence
+from scheduler import metrics
 from scheduler.beat.entries import job_defaults
 from scheduler.describe import next_slots
-from scheduler import metrics
 from scheduler.metrics import (
     DURATION_BUCKETS,
     PlatformCollector,
