@@ -33,6 +33,22 @@ class RunErrorOut(Schema):
     message: str
 
 
+class RunProgressOut(Schema):
+    """What the job last reported: ``done`` of ``total`` (either may be null: a count without an end)."""
+
+    done: int | None
+    total: int | None
+    message: str
+    updated_at: datetime
+
+
+class RunWaitingOut(Schema):
+    """A queued run held back by its job's ``max_concurrency``: since when, and for what."""
+
+    since: datetime | None
+    for_: str = Field(..., alias="for")
+
+
 class RunOut(Schema):
     id: uuid.UUID
     url: str
@@ -55,7 +71,8 @@ class RunOut(Schema):
     lateness_ms: int | None
     result: Any = None
     error: RunErrorOut | None
-    progress: None = None  # jobs do not report progress yet: always null, kept so clients can read it
+    progress: RunProgressOut | None = None  # null until the job reports progress
+    waiting: RunWaitingOut | None = None  # null unless the run waits for a concurrency place
 
 
 class RunPage(Schema):
@@ -104,8 +121,27 @@ def run_out(request: HttpRequest, run: JobRun) -> dict[str, Any]:
         "lateness_ms": run.lateness_ms,
         "result": run.result,
         "error": error,
-        "progress": None,
+        "progress": progress_out(run),
+        "waiting": waiting_out(run),
     }
+
+
+def progress_out(run: JobRun) -> dict[str, Any] | None:
+    if run.progress_updated_at is None:
+        return None
+    return {
+        "done": run.progress_done,
+        "total": run.progress_total,
+        "message": run.progress_message,
+        "updated_at": run.progress_updated_at,
+    }
+
+
+def waiting_out(run: JobRun) -> dict[str, Any] | None:
+    """Only while the run is still queued (or retrying) and says what it waits for."""
+    if run.status not in (RunStatus.QUEUED, RunStatus.RETRYING) or not run.waiting_for:
+        return None
+    return {"since": run.waiting_since, "for": run.waiting_for}
 
 
 def in_utc(moment: datetime, field: str) -> datetime:
@@ -122,9 +158,11 @@ def in_utc(moment: datetime, field: str) -> datetime:
         raise ApiError(422, f"{moment.isoformat()} is out of range in UTC.", field) from exc
 
 
-@router.get("/runs/{run_id}", response={200: RunOut, **responses(403, 404, 422)}, url_name="run")
+@router.get(
+    "/runs/{run_id}", response={200: RunOut, **responses(403, 404, 422)}, url_name="run", by_alias=True
+)
 def get_run(request: HttpRequest, run_id: uuid.UUID) -> Any:
-    """One run: its status, timings, result, error (``progress`` is always null for now)."""
+    """One run: its status, timings, result, error, progress and what it waits for."""
     require(request, VIEW_RUNS)
     run = JobRun.objects.filter(pk=run_id).first()
     if run is None:
@@ -132,7 +170,7 @@ def get_run(request: HttpRequest, run_id: uuid.UUID) -> Any:
     return run_out(request, run)
 
 
-@router.get("/runs", response={200: RunPage, **responses(403, 422)}, url_name="runs")
+@router.get("/runs", response={200: RunPage, **responses(403, 422)}, url_name="runs", by_alias=True)
 def list_runs(request: HttpRequest, filters: Query[RunFilters]) -> Any:
     """The run history, newest slot first, filtered; follow ``next`` for the following page.
 

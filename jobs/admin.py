@@ -19,6 +19,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from jobs.admin_lists import BoundedCountPaginator, JobFilter, ScheduleFilter, format_duration, format_utc
+from jobs.admin_panels import render_run_panels
+from jobs.admin_progress import compact_progress, run_progress, run_waiting
 from jobs.models import ACTIVE_STATUSES, JobDefinition, JobRun, RunStatus, RunSummaryReport
 from jobs.reports import render_csv, render_html
 
@@ -67,8 +69,11 @@ def run_page_context(run: JobRun) -> dict[str, Any]:
     Sentry: a failed run keeps its event's id (``jobs.framework.report_to_sentry``);
     the page links it when ``SENTRY_WEB_URL`` says where Sentry is, else shows
     the id to search for. A run that failed before ids were kept (or whose note
-    could not be written) is found by its tag, ``run:<id>``. Progress: runs
-    record none yet, so a running run shows that its job reports none.
+    could not be written) is found by its tag, ``run:<id>``. Progress
+    (``jobs.admin_progress``): a bar of done / total with the job's message
+    and how long ago it was reported; a queued run held back by its job's
+    ``max_concurrency`` says what it waits for and since when. Panels: what
+    apps on top add below (``jobs.admin_panels``, e.g. a report's files).
     """
     return {
         "run": run,
@@ -81,6 +86,9 @@ def run_page_context(run: JobRun) -> dict[str, Any]:
         "sentry_enabled": bool(settings.SENTRY_DSN),
         "sentry_failed": run.status not in ACTIVE_STATUSES and bool(run.error_type),
         "sentry_event_url": sentry_event_url(run.sentry_event_id),
+        "run_progress": run_progress(run),
+        "run_waiting": run_waiting(run),
+        "run_panels": render_run_panels(run),
     }
 
 
@@ -101,6 +109,7 @@ class JobRunAdmin(ReadOnlyAdmin):
         "attempt",
         "lateness_ms",
         "duration_ms",
+        "progress",
         "worker",
     )
     # Each filter and the count read a bounded number of rows (jobs/admin_lists.py);
@@ -147,6 +156,11 @@ class JobRunAdmin(ReadOnlyAdmin):
         ("Outcome", {"fields": ("result",)}),
     )
     change_form_template = "admin/jobs/jobrun/change_form.html"
+
+    @admin.display(description="progress")
+    def progress(self, run: JobRun) -> str:
+        """Waiting or running runs only: "42 % · 4,200 / 10,000 · message", "waiting: …"."""
+        return compact_progress(run) or "–"
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         run = self.get_object(request, object_id)

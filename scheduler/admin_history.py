@@ -1,4 +1,9 @@
-"""A schedule's page: its last runs, each linking to the run's page, and a link to all of them."""
+"""A schedule's page: its last runs, each linking to the run's page, and a link to all of them.
+
+A run still waiting or running shows its progress in one line
+(``jobs.admin_progress.compact_progress``: percent, done / total, message,
+or what it waits for), read from the run's own columns: no query more.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from django.contrib import admin
 from django.urls import reverse
 
 from jobs.admin_lists import format_duration, format_utc
+from jobs.admin_progress import compact_progress
 from jobs.models import JobRun
 
 RECENT_RUNS = 20
@@ -24,6 +30,12 @@ HISTORY_FIELDS = (
     "attempt",
     "error_type",
     "error_message",
+    "progress_done",
+    "progress_total",
+    "progress_message",
+    "progress_updated_at",
+    "waiting_for",
+    "waiting_since",
 )
 
 
@@ -41,6 +53,7 @@ class HistoryRow:
     worker: str
     attempt: int
     error: str
+    progress: str
 
 
 def first_line(text: str) -> str:
@@ -62,6 +75,7 @@ def history_row(run: JobRun) -> HistoryRow:
         worker=run.worker,
         attempt=run.attempt,
         error=error,
+        progress=compact_progress(run),
     )
 
 
