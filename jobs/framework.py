@@ -34,13 +34,29 @@ Celery task that:
   process), for layers above ``jobs`` (Sentry Crons check-ins); nothing is
   built or read when nobody listens;
 - sends failures and time limits to Sentry with tags ``job``, ``schedule``,
-  ``run``, ``scheduled_for`` and ``timeout`` (``soft`` or ``hard``).
+  ``run``, ``scheduled_for`` and ``timeout`` (``soft`` or ``hard``);
+- writes the progress the job body reports (``jobs.progress.report_progress``),
+  throttled to one write a second, the last figure flushed when the body ends;
+- holds a job with ``max_concurrency=N`` to N runs at once across every
+  worker (``jobs.concurrency``): a run takes a place (its run id is the
+  holder) before it starts. Without one it is noted waiting on its run
+  (``waiting_since``, ``waiting_for``) and its message goes back to the
+  broker 1-3 s later (the same task id, retry count, priority, queue,
+  limits and deadline), holding no pool process and counting no attempt.
+  The place is given back at every ending in the child; for a hard time
+  limit, a dead pool process or a termination the worker's main process
+  gives it back; a killed worker's lapses (``jobs.concurrency``). A body
+  returning ``RunContinues`` keeps it until ``end_continued_run``;
+- passes ``rate_limit`` to Celery as is (Celery's own option: per worker,
+  not across workers).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import random
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -61,9 +77,9 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections
 from django.utils import timezone
 
-from jobs import runs
+from jobs import concurrency, progress, runs
 from jobs import signals as run_signals
-from jobs.models import JobRun, RunStatus
+from jobs.models import ACTIVE_STATUSES, STARTABLE_STATUSES, JobRun, RunStatus
 from jobs.sendonly.arguments import describe_parameters
 from settings.celery_app import app
 
@@ -85,6 +101,8 @@ class JobSpec:
     retry_backoff_max: int
     doc: str
     parameters: list[dict[str, Any]] = field(default_factory=list)
+    max_concurrency: int | None = None  # runs at once across all workers; None: no limit
+    rate_limit: str | None = None  # Celery's, per worker: "10/m"
 
 
 JOB_SPECS: dict[str, JobSpec] = {}
@@ -152,6 +170,54 @@ def announce_ending(run_id: Any, recorded: RunStatus) -> None:
     announce_ended(run, recorded, error, will_retry=will_retry)
 
 
+# A run waiting for a concurrency place is sent again this long after (uniform:
+# the waiting runs of a burst do not all come back in the same instant).
+WAIT_MIN_SECONDS = 1.0
+WAIT_MAX_SECONDS = 3.0
+
+# Our headers on a run's message (jobs.sendonly.messages), beyond Celery's own:
+# a message sent again while its run waits keeps them (Celery's
+# signature_from_request forwards only a message's "headers" entry).
+FORWARDED_HEADERS = ("schedule", "scheduled_for", "run_origin", "requested_by")
+
+
+def forwarded_headers(request: Any) -> dict[str, Any]:
+    """The ``FORWARDED_HEADERS`` the request's message carried (attributes of Celery's ``Context``)."""
+    headers = dict(getattr(request, "headers", None) or {})
+    for name in FORWARDED_HEADERS:
+        value = getattr(request, name, None)
+        if value is not None:
+            headers[name] = value
+    return headers
+
+
+def release_place(run_id: Any) -> None:
+    """Give back the run's concurrency place, if it holds one; a database error is logged (it lapses)."""
+    try:
+        concurrency.release(str(run_id))
+    except DatabaseError as exc:
+        logger.warning(
+            "run %s: its concurrency place was not given back (%s); it lapses in %s s",
+            run_id,
+            exc,
+            concurrency.lease_ttl_seconds(),
+        )
+
+
+@dataclass
+class Place:
+    """A run's concurrency place in the child running it; ``release`` gives it back once."""
+
+    holder: str
+    new: bool  # taken by this delivery (not one an earlier attempt held)
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            release_place(self.holder)
+
+
 @dataclass(frozen=True)
 class RunContinues:
     """Returned by a job whose run goes on after its body returns (a report's chunks).
@@ -173,6 +239,9 @@ def end_continued_run(
 ) -> bool:
     """End a run whose job returned ``RunContinues``; ``True`` if this call ended it.
 
+    The run's concurrency place (a job with ``max_concurrency``), kept while
+    it continued, is given back when this call ends it.
+
     The same ending a job's own return or exception gets: one guarded UPDATE
     (``runs.finish_run``, from ``running`` only, so a second callback or a
     run already recorded ``lost`` by hand never ends it twice), the
@@ -185,6 +254,8 @@ def end_continued_run(
         return False
     if not runs.finish_run(run, status, error=error, result=result):
         return False
+    # The place a max_concurrency job's run kept while it continued (no-op for others).
+    release_place(run.pk)
     announce_ended(run, status, error)
     if exc is not None and status != RunStatus.SUCCEEDED:
         report_to_sentry(run, exc)
@@ -216,6 +287,8 @@ class JobRequest(Request):
             exc = exc.exc
         if self._pool_process_died(exc) and self._twin() is None:
             self._record_lost_process(exc)
+            if getattr(self.task, "max_concurrency", None):
+                release_place(self.id)  # before the message is requeued: its next attempt takes it again
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
         if isinstance(exc, Ignore) and (twin := self._twin()) is not None:
             worker_state.requests[self.id] = twin
@@ -270,6 +343,7 @@ class JobTask(Task):
     reject_on_worker_lost = True
     retry_backoff_seconds: int = 2
     retry_backoff_max_seconds: int = 600
+    max_concurrency: int | None = None  # runs at once across all workers (jobs.concurrency)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
@@ -277,6 +351,7 @@ class JobTask(Task):
             return self.run(*args, **kwargs)
         delivery = request.delivery_info or {}
         assert request.id is not None  # a message always carries its task id
+        place = self._take_place(request, args, kwargs)
         started = runs.start_run(
             request.id,
             job=self.name,
@@ -290,6 +365,8 @@ class JobTask(Task):
             message=request,  # read only for a message with no run row (the send-only client's)
         )
         if isinstance(started, runs.NotStarted):
+            if place is not None and place.new:
+                place.release()  # taken by this call for nothing
             logger.log(
                 logging.WARNING if started.warning else logging.INFO,
                 "%s[%s]: %s; message acknowledged, job not run",
@@ -299,10 +376,26 @@ class JobTask(Task):
             )
             raise Ignore()
         run = started
+        if place is not None and not place.new:
+            # The place an earlier attempt of this run held (its worker died):
+            # this worker renews it from now on.
+            concurrency.adopt(request.id, run.worker)
         if run_signals.has_receivers(run_signals.run_started):
             run_signals.send(run_signals.run_started, run=run)
+        continues = False
         try:
-            result = self.run(*args, **kwargs)
+            result = self._run_body(run, args, kwargs, place)
+            continues = isinstance(result, RunContinues)
+        finally:
+            if place is not None and not continues:
+                place.release()
+        return None if continues else result
+
+    def _run_body(self, run: JobRun, args: tuple, kwargs: dict, place: Place | None) -> Any:
+        """The job body and the run's ending (or its retry); a ``RunContinues`` is returned as is."""
+        request = self.request
+        try:
+            result = self._call_with_progress(str(run.pk), args, kwargs)
         except CONTROL_FLOW:
             raise
         except SoftTimeLimitExceeded as exc:
@@ -324,6 +417,10 @@ class JobTask(Task):
                 )
                 if runs.mark_retrying(run, error, timezone.now() + timedelta(seconds=countdown)):
                     announce_ended(run, RunStatus.RETRYING, error, will_retry=True)
+                if place is not None:
+                    # Before the retry's message exists: the next attempt must find
+                    # the place free, not this attempt's, released under it.
+                    place.release()
                 raise self.retry(exc=exc, countdown=countdown) from exc
             if runs.finish_run(run, RunStatus.FAILED, error=error):
                 announce_ended(run, RunStatus.FAILED, error)
@@ -332,10 +429,63 @@ class JobTask(Task):
         if isinstance(result, RunContinues):
             # The run goes on elsewhere (a chord of chunks): end_continued_run ends it.
             logger.info("%s[%s]: continues: %s", self.name, request.id, result.note)
-            return None
+            return result
         if runs.finish_run(run, RunStatus.SUCCEEDED, result=result):
             announce_ended(run, RunStatus.SUCCEEDED, None)
         return result
+
+    def _call_with_progress(self, run_id: str, args: tuple, kwargs: dict) -> Any:
+        """The job body, with ``report_progress`` writing to ``run_id``; its last figure flushed after."""
+        progress.begin(run_id)
+        try:
+            return self.run(*args, **kwargs)
+        finally:
+            progress.end()
+
+    def _take_place(self, request: Context, args: tuple, kwargs: dict) -> Place | None:
+        """A place for this run if the job has ``max_concurrency``; else wait (raises ``Ignore``).
+
+        ``None`` for a job without a limit, and for an eager call (``apply()``:
+        there is no broker message to put back). Waiting: the run is noted
+        (``runs.note_waiting``) and the message sent again 1-3 s later, the
+        same task id and retry count, its queue, priority, limits, deadline
+        and our headers (``jobs.sendonly.messages``) kept; this delivery is
+        acknowledged (``Ignore``). A run that already ended is not sent
+        again; one past its deadline is recorded ``missed``.
+        """
+        limit = self.max_concurrency
+        if not limit or request.is_eager:
+            return None
+        assert request.id is not None
+        worker = request.hostname or ""
+        admission = concurrency.acquire(self.name, request.id, limit, worker)
+        if admission:
+            return Place(holder=request.id, new=admission.new)
+        reason = f"a concurrency place: {self.name} runs at most {limit} at once ({admission.held} running)"
+        if not runs.note_waiting(request.id, reason):
+            status = runs.current_status(request.id)
+            if status is not None and status not in ACTIVE_STATUSES:
+                logger.info("%s[%s]: its run already ended (%s); job not run", self.name, request.id, status)
+                raise Ignore()
+            if status in STARTABLE_STATUSES:
+                # Startable but not noted: its deadline passed while it waited.
+                deadline = JobRun.objects.filter(pk=request.id).values_list("deadline", flat=True).first()
+                runs.record_missed(request.id, deadline.isoformat() if deadline else "?")
+                logger.info("%s[%s]: waited past its deadline; run recorded missed", self.name, request.id)
+                raise Ignore()
+            # No row yet (a send-only client's message), or running on a dead
+            # worker (the copy takes it over once it has a place): wait too.
+        countdown = random.uniform(WAIT_MIN_SECONDS, WAIT_MAX_SECONDS)  # noqa: S311 (jitter, not secrets)
+        self.signature_from_request(
+            request,
+            args,
+            kwargs,
+            countdown=countdown,
+            retries=request.retries,
+            headers=forwarded_headers(request),
+        ).apply_async()
+        logger.info("%s[%s]: waits for %s; sent again in %.1f s", self.name, request.id, reason, countdown)
+        raise Ignore()
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         """Runs in the worker's main process for a hard time limit."""
@@ -347,6 +497,8 @@ class JobTask(Task):
             if run is not None:
                 announce_ended(run, RunStatus.HARD_TIMEOUT, error)
                 report_to_sentry(run, exc, timeout="hard")
+            if self.max_concurrency:
+                release_place(task_id)  # the child was killed before its own release
 
 
 # A kept connection idle this long is pinged (one SELECT 1) before the next
@@ -450,6 +602,8 @@ def record_revoked_run(
         worker=getattr(request, "hostname", "") or "",
         message=request,
     )
+    if terminated and sender.max_concurrency:
+        release_place(request.id)  # its pool process was killed before its own release
     how = runs.revoke_cause(terminated_by=terminated_by, expired=bool(expired))
     if recorded is not None:
         logger.warning("%s[%s]: %s; run recorded %s", sender.name, request.id, how, recorded)
@@ -466,6 +620,11 @@ def route_to_job_queue(name, args, kwargs, options, task=None, **_kw):
     return {"queue": spec.queue} if spec else None
 
 
+# Celery's rate format (celery.utils.time.rate): a positive number, per second
+# unless followed by /s, /m or /h.
+RATE_LIMIT = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+)(?:/[smh])?")
+
+
 def job(
     name: str,
     *,
@@ -475,16 +634,36 @@ def job(
     max_retries: int = 0,
     retry_backoff: int = 2,
     retry_backoff_max: int = 600,
+    max_concurrency: int | None = None,
+    rate_limit: str | None = None,
 ) -> Callable[[Callable[..., Any]], JobTask]:
     """Register ``fn`` as a job named ``name`` (stable: schedules store it).
 
     Limits default to ``JOB_DEFAULT_SOFT_TIME_LIMIT`` / ``..._HARD_...``; the
     hard limit must exceed the soft one, so the job can clean up first.
+
+    ``max_concurrency=N``: never more than N runs of the job running at once,
+    across every worker; the others wait queued (see the module docstring).
+    ``rate_limit``: Celery's task option, enforced by each worker on its own
+    (``"10/s"``, ``"100/m"``, ``"5/h"``, or a number: per second). Both are
+    checked here: a bad value raises ``ValueError`` at import.
     """
     soft = soft_time_limit or settings.JOB_DEFAULT_SOFT_TIME_LIMIT
     hard = hard_time_limit or settings.JOB_DEFAULT_HARD_TIME_LIMIT
     if hard <= soft:
         raise ValueError(f"job {name!r}: hard_time_limit ({hard}) must exceed soft ({soft})")
+    # type(...) is int: True is an int to isinstance, and not a limit.
+    if max_concurrency is not None and not (type(max_concurrency) is int and max_concurrency >= 1):
+        raise ValueError(
+            f"job {name!r}: max_concurrency must be a whole number of 1 or more, got {max_concurrency!r}"
+        )
+    if rate_limit is not None and not (
+        RATE_LIMIT.fullmatch(rate_limit) and float(rate_limit.split("/")[0]) > 0
+    ):
+        raise ValueError(
+            f"job {name!r}: rate_limit must be like '10/s', '100/m', '5/h' or a number per second, "
+            f"got {rate_limit!r}"
+        )
 
     def decorate(fn: Callable[..., Any]) -> JobTask:
         if name in JOB_SPECS:
@@ -499,6 +678,8 @@ def job(
             retry_backoff_max=retry_backoff_max,
             doc=inspect.getdoc(fn) or "",
             parameters=describe_parameters(fn),
+            max_concurrency=max_concurrency,
+            rate_limit=rate_limit,
         )
         return app.task(
             name=name,
@@ -508,6 +689,8 @@ def job(
             max_retries=max_retries,
             retry_backoff_seconds=retry_backoff,
             retry_backoff_max_seconds=retry_backoff_max,
+            max_concurrency=max_concurrency,
+            rate_limit=rate_limit,
         )(fn)
 
     return decorate

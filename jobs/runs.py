@@ -28,6 +28,10 @@ docstring names the states it moves from and to:
   worker) -> hard_timeout or failed;
 - ``record_revoked``: queued, retrying -> skipped or missed; running -> failed;
 - ``end_replaced_runs``: queued, retrying -> skipped; running -> failed.
+
+Notes on a run that change no status, each one guarded UPDATE too:
+``record_progress`` and ``add_progress`` (running only), ``note_waiting``
+(queued, retrying: held back by its job's ``max_concurrency``).
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Case, Field, Q, Value, When
+from django.db.models import BigIntegerField, Case, F, Field, Q, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from jobs.limits import broker_is_redis
@@ -194,6 +199,7 @@ def start_run(
         "worker": worker[:255],
         "lateness_ms": _millis(now, run.scheduled_for),
         "enqueued_at": run.enqueued_at or now,
+        **FRESH_ATTEMPT,
     }
     won = JobRun.objects.filter(pk=run.pk, status__in=STARTABLE_STATUSES).update(**changed)
     if not won:
@@ -271,6 +277,17 @@ def _aware_time(value: Any) -> datetime | None:
     return None
 
 
+# What every start of an attempt resets: the progress of an earlier attempt
+# (a retry counts again from zero, and a page must not show a stale figure),
+# and what the run waited for (``waiting_since`` is kept: how long it waited).
+FRESH_ATTEMPT: dict[str, Any] = {
+    "progress_done": None,
+    "progress_total": None,
+    "progress_message": "",
+    "progress_updated_at": None,
+    "waiting_for": "",
+}
+
 # The run's start, as the general path writes it, in one UPDATE … RETURNING:
 # the new attempt is at least the message's count and one more than the
 # record's; lateness is truncated to whole ms. PostgreSQL only: on SQLite (the
@@ -279,7 +296,9 @@ def _aware_time(value: Any) -> datetime | None:
 _START_WAITING_RUN = (
     "UPDATE {table} SET status = %s, started_at = %s, attempt = greatest(%s, attempt + 1), worker = %s, "
     "lateness_ms = trunc(extract(epoch from (%s - scheduled_for)) * 1000)::integer, "
-    "enqueued_at = coalesce(enqueued_at, %s) "
+    "enqueued_at = coalesce(enqueued_at, %s), "
+    "progress_done = NULL, progress_total = NULL, progress_message = '', progress_updated_at = NULL, "
+    "waiting_for = '' "
     "WHERE id = %s AND status IN (%s, %s) AND (deadline IS NULL OR deadline >= %s) "
     "RETURNING {columns}"
 )
@@ -388,6 +407,7 @@ def _take_over_lost_attempt(
             "worker": worker[:255],
             "error_type": "WorkerLostError",
             "error_message": lost,
+            **FRESH_ATTEMPT,
         }
         if dead.update(**changed):
             for field, value in changed.items():
@@ -784,3 +804,99 @@ def current_status(run_id: Any) -> str | None:
     if run_uuid is None:
         return None
     return JobRun.objects.filter(pk=run_uuid).values_list("status", flat=True).first()
+
+
+PROGRESS_MESSAGE_LIMIT = 200  # JobRun.progress_message's length
+
+
+def check_progress(*, done: int | None = None, delta: int | None = None, total: int | None = None) -> None:
+    """Raise ``ValueError`` for a progress figure a run cannot show: negative, or not a whole number."""
+    for name, value in (("done", done), ("delta", delta), ("total", total)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"progress {name} must be a whole number, got {value!r}")
+        if value < 0:
+            raise ValueError(f"progress {name} must be 0 or more, got {value}")
+
+
+def record_progress(
+    run_id: Any, *, done: int, total: int | None = None, message: str = "", now: datetime | None = None
+) -> bool:
+    """Write how far a running run is: ``done`` of ``total`` (None: unknown), and what it is doing.
+
+    One guarded UPDATE, from ``running`` only: progress reported by an
+    attempt that already ended (or a run recorded ``lost``) is dropped, and
+    ``False`` says so. Every figure is replaced, so ``total=None`` clears a
+    total written before. ``message`` is cut to 200 characters. ``done`` may
+    exceed ``total`` (an estimate that was short). Bad figures raise
+    ``ValueError`` (``check_progress``). Status is not touched.
+    """
+    check_progress(done=done, total=total)
+    run_uuid = run_pk(run_id)
+    if run_uuid is None:
+        return False
+    return bool(
+        JobRun.objects.filter(pk=run_uuid, status=RunStatus.RUNNING).update(
+            progress_done=done,
+            progress_total=total,
+            progress_message=message[:PROGRESS_MESSAGE_LIMIT],
+            progress_updated_at=now or timezone.now(),
+        )
+    )
+
+
+def add_progress(
+    run_id: Any, *, delta: int, total: int | None = None, message: str = "", now: datetime | None = None
+) -> bool:
+    """Add ``delta`` to a running run's ``progress_done`` (a run made of parts, each adding its own).
+
+    One guarded UPDATE, from ``running`` only (``False``: the run is not
+    running, nothing written): ``progress_done = COALESCE(progress_done, 0)
+    + delta``, so parts writing at once on several workers never lose each
+    other's counts. ``total`` and ``message`` are written only when given
+    (None / ""), keeping what another part wrote. Bad figures raise
+    ``ValueError``. Status is not touched.
+    """
+    check_progress(delta=delta, total=total)
+    run_uuid = run_pk(run_id)
+    if run_uuid is None:
+        return False
+    changed: dict[str, Any] = {
+        "progress_done": Coalesce(F("progress_done"), Value(0), output_field=BigIntegerField())
+        + Value(delta),
+        "progress_updated_at": now or timezone.now(),
+    }
+    if total is not None:
+        changed["progress_total"] = total
+    if message:
+        changed["progress_message"] = message[:PROGRESS_MESSAGE_LIMIT]
+    return bool(JobRun.objects.filter(pk=run_uuid, status=RunStatus.RUNNING).update(**changed))
+
+
+WAITING_FOR_LIMIT = 300  # JobRun.waiting_for's length
+
+
+def note_waiting(run_id: Any, reason: str, *, now: datetime | None = None) -> bool:
+    """Note on a run that has not started that it waits, and for what (its job's ``max_concurrency``).
+
+    One guarded UPDATE, from ``queued`` or ``retrying`` and within the run's
+    deadline: ``waiting_since`` keeps the first time it waited (``COALESCE``),
+    ``waiting_for`` says what for (cut to 300 characters). The status does
+    not change: the run waits as ``queued``, its message back in the broker.
+    ``start_run`` clears ``waiting_for`` and keeps ``waiting_since``.
+    ``False``, nothing written: no such row (a send-only client's message,
+    recorded when it starts), the run started or ended, or its deadline passed.
+    """
+    run_uuid = run_pk(run_id)
+    if run_uuid is None:
+        return False
+    now = now or timezone.now()
+    return bool(
+        JobRun.objects.filter(
+            Q(deadline__isnull=True) | Q(deadline__gte=now), pk=run_uuid, status__in=STARTABLE_STATUSES
+        ).update(
+            waiting_since=Coalesce(F("waiting_since"), Value(now)),
+            waiting_for=reason[:WAITING_FOR_LIMIT],
+        )
+    )

@@ -23,6 +23,7 @@ from django.db import close_old_connections
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from jobs.concurrency import renew as renew_leases
 from jobs.models import WorkerPresence
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def keep_presence_fresh(
     stop: threading.Event,
     record_abandoned_attempts: Callable[[], int],
 ) -> None:
-    """Loop of the worker's presence thread; it also ends runs abandoned by dead workers.
+    """Loop of the worker's presence thread; it also renews this worker's concurrency places
+    (``jobs.concurrency.renew``) and ends runs abandoned by dead workers.
 
     ``record_abandoned_attempts`` (``jobs.runs``) is passed in by the worker's
     start-up code: this module is below ``jobs.runs``, which asks it whether
@@ -75,6 +77,11 @@ def keep_presence_fresh(
         except Exception as exc:
             logger.warning("worker presence not refreshed: %s", exc)
             continue
+        try:
+            # The concurrency places this worker's runs hold live three refreshes.
+            renew_leases(hostname)
+        except Exception as exc:
+            logger.warning("concurrency places of this worker not renewed: %s", exc)
         try:
             if abandoned := record_abandoned_attempts():
                 logger.warning("%d runs abandoned by dead workers recorded lost", abandoned)

@@ -7,6 +7,7 @@ import time
 from celery.exceptions import SoftTimeLimitExceeded
 
 from jobs.framework import job
+from jobs.progress import report_progress
 from jobs.sendonly import names
 
 
@@ -59,3 +60,39 @@ def fail_with_retries(
     """
     time.sleep(seconds)
     raise DrillFailure(message)
+
+
+@job(names.DIAGNOSTICS_COUNT, queue="default", soft_time_limit=60, hard_time_limit=90)
+def count(n: int, seconds: float = 0) -> dict:
+    """Count to ``n`` over ``seconds``, reporting progress at every step (the run page shows it move).
+
+    Reports ``n`` times, evenly over ``seconds``; the framework writes at
+    most one a second, plus the first and the last (``jobs.progress``).
+    """
+    if n < 0 or seconds < 0:
+        raise ValueError(f"n and seconds must be 0 or more, got n={n}, seconds={seconds}")
+    pause = seconds / n if n else 0
+    for done in range(1, n + 1):
+        if pause:
+            time.sleep(pause)
+        report_progress(done, n, f"counted {done} of {n}")
+    return {"counted": n}
+
+
+@job(
+    names.DIAGNOSTICS_TWO_AT_A_TIME,
+    queue="default",
+    soft_time_limit=60,
+    hard_time_limit=90,
+    max_concurrency=2,
+)
+def two_at_a_time(seconds: float) -> dict:
+    """Sleep ``seconds``; never more than two runs of it at once across all workers (``max_concurrency=2``).
+
+    The drill of a job with a concurrency limit: start ten, see two run and
+    eight wait (``waiting_for`` on their runs).
+    """
+    if seconds < 0:
+        raise ValueError(f"seconds must be 0 or more, got {seconds}")
+    time.sleep(seconds)
+    return {"slept": seconds}

@@ -14,6 +14,8 @@ from typing import Final
 DIAGNOSTICS_SLEEP: Final = "diagnostics.sleep"
 DIAGNOSTICS_FAIL: Final = "diagnostics.fail"
 DIAGNOSTICS_FAIL_WITH_RETRIES: Final = "diagnostics.fail_with_retries"
+DIAGNOSTICS_COUNT: Final = "diagnostics.count"
+DIAGNOSTICS_TWO_AT_A_TIME: Final = "diagnostics.two_at_a_time"
 HEARTBEAT: Final = "heartbeat"
 REPORTS_RUN_SUMMARY: Final = "reports.run_summary"
 
@@ -21,6 +23,8 @@ BUILTIN_JOBS: Final = (
     DIAGNOSTICS_SLEEP,
     DIAGNOSTICS_FAIL,
     DIAGNOSTICS_FAIL_WITH_RETRIES,
+    DIAGNOSTICS_COUNT,
+    DIAGNOSTICS_TWO_AT_A_TIME,
     HEARTBEAT,
     REPORTS_RUN_SUMMARY,
 )
