@@ -18,4 +18,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
 
 app = Celery("beatplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["jobs"], related_name="tasks")
+app.autodiscover_tasks(["jobs", "reports"], related_name="tasks")

@@ -1,0 +1,347 @@
+"""A chunked report: a Celery chord of chunk tasks whose callback merges their parts.
+
+``send_chunks`` sends ``chord(group(run_chunk × N), merge_parts)`` with
+``chunks_failed`` as the callback's error callback (Celery's canvas: the
+result backend, Redis, counts the parts; there is no barrier of ours).
+
+- **A chunk** (``run_chunk``, a plain Celery task: late ack, its result kept
+  for the chord) reads its primary-key range through the report's own
+  source and function, writes its rows to ``parts/<run_id>/<index>.jsonl``
+  in the reports storage (streamed through a local temporary file; one
+  JSON array per row, with datetimes, dates, times, decimals and UUIDs
+  tagged so the merge gets back the very values the inline path would
+  have), adds its rows to the parent run's progress at most once a second,
+  and returns ``{index, rows, part}``. Each chunk has its own soft and hard
+  limits (sent with its message). A failure, a soft limit included, is
+  retried with exponential backoff up to the report's ``chunk_max_retries``;
+  a retry adds to the progress only the rows beyond what earlier attempts
+  added. Past its retries it raises ``ChunkFailed`` ("chunk 3 of 20
+  (pk 150001–200000) failed after 3 attempts: …").
+- **The merge** (``merge_parts``) streams the parts in chunk order into
+  ``reports.outputs.store_and_deliver`` and ends the run
+  (``end_continued_run``): succeeded with the result, or failed (soft
+  timeout past its soft limit) with what went wrong.
+- **A chunk that failed for good** (or a merge killed at its hard limit):
+  Celery calls ``chunks_failed`` instead of the merge; the run fails with
+  the chunk's sentence. Nothing is stored: no partial file is ever passed
+  off as the whole report.
+
+Either way the parts are deleted and the chunks' results are removed from
+the result backend (its keys do not expire) before the run ends. A merge
+that dies with its worker leaves the parts; ``reports.cleanup`` removes
+stray part folders after a day.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from billiard.exceptions import SoftTimeLimitExceeded
+from celery import chord, group
+from celery.utils.time import get_exponential_backoff_interval
+from django.core.files import File
+from django.core.files.storage import Storage
+
+from jobs import runs
+from jobs.framework import end_continued_run
+from jobs.models import RunStatus
+from reports.definitions import REPORTS, ReportSpec, Window, call_with
+from reports.outputs import CountedRows, meta_for, store_and_deliver
+from reports.sources import ChunkPlan, PkRange, rows_in_range
+from reports.storage import reports_storage
+from settings.celery_app import app
+
+logger = logging.getLogger(__name__)
+
+RETRY_BACKOFF_SECONDS = 2
+RETRY_BACKOFF_MAX_SECONDS = 60
+
+
+class ChunkFailed(Exception):
+    """A chunk that failed on its last attempt; the message is the sentence the run shows."""
+
+
+# Values JSON has no type for, tagged so a part gives them back as they were.
+TAGGED: dict[str, type] = {
+    "datetime": datetime,
+    "date": date,
+    "time": time,
+    "decimal": Decimal,
+    "uuid": uuid.UUID,
+}
+
+
+def encode_value(value: Any) -> Any:
+    if isinstance(value, datetime):  # before date: a datetime is a date
+        return {"$t": "datetime", "v": value.isoformat()}
+    if isinstance(value, date):
+        return {"$t": "date", "v": value.isoformat()}
+    if isinstance(value, time):
+        return {"$t": "time", "v": value.isoformat()}
+    if isinstance(value, Decimal):
+        return {"$t": "decimal", "v": str(value)}
+    if isinstance(value, uuid.UUID):
+        return {"$t": "uuid", "v": str(value)}
+    raise TypeError(f"a report cell of type {type(value).__name__} cannot be written to a part: {value!r}")
+
+
+def decode_object(obj: dict[str, Any]) -> Any:
+    kind = obj.get("$t")
+    if kind is None or len(obj) != 2 or "v" not in obj:
+        return obj
+    text = obj["v"]
+    cls = TAGGED[kind]
+    if cls is Decimal or cls is uuid.UUID:
+        return cls(text)
+    return cls.fromisoformat(text)  # type: ignore[attr-defined]  # datetime, date, time
+
+
+def part_folder(run_id: Any) -> str:
+    return f"parts/{run_id}"
+
+
+def write_part(storage: Storage, run_id: Any, index: int, rows: Iterable[Sequence[Any]]) -> str:
+    """Write ``rows`` as ``parts/<run_id>/<index>.jsonl``; return the name it was saved under."""
+    name = f"{part_folder(run_id)}/{index}.jsonl"
+    with tempfile.TemporaryFile(mode="w+b") as local:
+        for row in rows:
+            local.write(json.dumps(list(row), default=encode_value, ensure_ascii=False).encode())
+            local.write(b"\n")
+        local.seek(0)
+        if storage.exists(name):
+            storage.delete(name)  # an earlier attempt's: the storage would save beside it otherwise
+        return storage.save(name, File(local))
+
+
+def read_parts(storage: Storage, names: Iterable[str]) -> Iterator[list[Any]]:
+    """The rows of each part in turn, one line at a time."""
+    for name in names:
+        with storage.open(name, "rb") as part:
+            for line in part:
+                yield json.loads(line, object_hook=decode_object)
+
+
+def delete_parts(storage: Storage, run_id: Any) -> None:
+    """Delete every part of the run, and its folder where the storage has folders."""
+    folder = part_folder(run_id)
+    try:
+        _dirs, files = storage.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in files:
+        storage.delete(f"{folder}/{name}")
+    try:
+        os.rmdir(storage.path(folder))
+    except (NotImplementedError, OSError):
+        pass  # an object store has no folders; a filesystem one is left empty at worst
+
+
+def forget_results(task_ids: Iterable[str]) -> None:
+    for task_id in task_ids:
+        app.AsyncResult(task_id).forget()
+
+
+def chunk_task_id(run_id: Any, index: int) -> str:
+    return f"{run_id}.chunk.{index}"
+
+
+def json_key(value: Any) -> Any:
+    """A primary key as JSON (an integer stays one; a UUID or other becomes its text)."""
+    return value if value is None or isinstance(value, int | str) else str(value)
+
+
+def send_chunks(
+    spec: ReportSpec, run_id: Any, window: Window | None, values: dict[str, Any], plan: ChunkPlan
+) -> None:
+    """Send the chord of the run's chunks; its callback or error callback ends the run."""
+    count = len(plan.ranges)
+    window_json = window.to_json() if window else None
+    headers = []
+    described = []
+    for index, pk_range in enumerate(plan.ranges):
+        task_id = chunk_task_id(run_id, index)
+        headers.append(
+            run_chunk.signature(
+                kwargs={
+                    "report": spec.name,
+                    "run_id": str(run_id),
+                    "index": index,
+                    "count": count,
+                    "low": json_key(pk_range.low),
+                    "high": json_key(pk_range.high),
+                    "window": window_json,
+                    "parameters": values,
+                    "total": plan.total_rows,
+                },
+                task_id=task_id,
+                queue=spec.queue,
+                soft_time_limit=spec.chunk_soft_time_limit,
+                time_limit=spec.chunk_hard_time_limit,
+            )
+        )
+        described.append([index, task_id, chunk_name(index, count, pk_range)])
+    callback = merge_parts.signature(
+        kwargs={
+            "report": spec.name,
+            "run_id": str(run_id),
+            "window": window_json,
+            "parameters": values,
+            "chunk_ids": [task_id for _i, task_id, _d in described],
+        },
+        queue=spec.queue,
+        soft_time_limit=spec.merge_soft_time_limit,
+        time_limit=spec.merge_hard_time_limit,
+    )
+    errback = chunks_failed.signature(
+        kwargs={"report": spec.name, "run_id": str(run_id), "chunks": described}
+    )
+    chord(group(headers), callback.on_error(errback)).apply_async()
+
+
+def chunk_name(index: int, count: int, pk_range: PkRange) -> str:
+    return f"chunk {index + 1} of {count} ({pk_range.describe()})"
+
+
+@app.task(name="reports.chunk", bind=True, ignore_result=False, acks_late=True, reject_on_worker_lost=True)
+def run_chunk(
+    self: Any,
+    *,
+    report: str,
+    run_id: str,
+    index: int,
+    count: int,
+    low: Any,
+    high: Any,
+    window: list[str] | None,
+    parameters: dict[str, Any],
+    total: int,
+    counted: int = 0,
+) -> dict[str, Any]:
+    """Write one chunk's part; retried on any failure, its soft limit included (see the module)."""
+    spec = REPORTS[report]
+    pk_range = PkRange(low, high)
+    reported = counted  # rows of this chunk already in the run's progress (earlier attempts)
+
+    def add_progress(done: int, _finished: bool) -> None:
+        nonlocal reported
+        if done > reported:
+            runs.add_progress(run_id, delta=done - reported, total=total)
+            reported = done
+
+    try:
+        the_window = Window.from_json(window)
+        assert spec.source is not None and spec.body is not None  # only sources are chunked
+        queryset = call_with(spec.source, the_window, parameters)
+        rows = call_with(spec.body, the_window, parameters, rows_in_range(queryset, pk_range))
+        counted_rows = CountedRows(rows, add_progress)
+        part = write_part(reports_storage(), run_id, index, counted_rows)
+    except Exception as exc:
+        attempts = self.request.retries + 1
+        if attempts > spec.chunk_max_retries:
+            raise ChunkFailed(
+                f"{chunk_name(index, count, pk_range)} failed after {attempts} "
+                f"attempt{'s' if attempts > 1 else ''}: {type(exc).__name__}: {exc}"
+            ) from exc
+        countdown = get_exponential_backoff_interval(
+            factor=RETRY_BACKOFF_SECONDS,
+            retries=self.request.retries,
+            maximum=RETRY_BACKOFF_MAX_SECONDS,
+            full_jitter=True,
+        )
+        logger.warning(
+            "report %s run %s: %s failed (%r); retrying in %s s",
+            report,
+            run_id,
+            chunk_name(index, count, pk_range),
+            exc,
+            countdown,
+        )
+        raise self.retry(
+            exc=exc,
+            countdown=countdown,
+            max_retries=spec.chunk_max_retries,
+            kwargs={**self.request.kwargs, "counted": max(counted, reported)},
+        ) from exc
+    return {"index": index, "rows": counted_rows.done, "part": part}
+
+
+@app.task(name="reports.merge", acks_late=True)
+def merge_parts(
+    results: list[dict[str, Any]],
+    *,
+    report: str,
+    run_id: str,
+    window: list[str] | None,
+    parameters: dict[str, Any],
+    chunk_ids: list[str],
+) -> None:
+    """The chord's callback: the parts in order into the report's files; ends the run."""
+    spec = REPORTS[report]
+    storage = reports_storage()
+    parts = sorted(results, key=lambda r: r["index"])
+    the_window = Window.from_json(window)
+    status = RunStatus.SUCCEEDED
+    failure: BaseException | None = None
+    result: dict[str, Any] | None = None
+    try:
+        assert spec.columns is not None
+        rows = read_parts(storage, [p["part"] for p in parts])
+        result = store_and_deliver(
+            spec, run_id, columns=spec.columns, rows=rows, meta=meta_for(spec, the_window, parameters)
+        )
+        result["chunks"] = len(parts)
+    except Exception as exc:
+        failure = exc
+        status = RunStatus.SOFT_TIMEOUT if isinstance(exc, SoftTimeLimitExceeded) else RunStatus.FAILED
+    finally:
+        delete_parts(storage, run_id)
+        forget_results(chunk_ids)
+    if failure is None:
+        end_continued_run(run_id, status, result=result)
+    else:
+        end_continued_run(run_id, status, error=runs.RunError.from_exception(failure), exc=failure)
+
+
+@app.task(name="reports.chunks_failed")
+def chunks_failed(
+    request: Any, exc: BaseException, traceback: Any, *, report: str, run_id: str, chunks: list[list[Any]]
+) -> None:
+    """Error callback of the merge: a chunk failed for good (or the merge was killed). Fails the run.
+
+    Celery calls it in the process that recorded the failure (a worker's
+    child, or its main process for a hard limit) with the ``ChordError``
+    naming the failed chunk's task. Nothing is stored; the parts are deleted.
+    """
+    message = f"report {report}: {exc}"
+    text = str(exc)
+    for _index, task_id, name in chunks:
+        if task_id in text:
+            cause = app.AsyncResult(task_id).result
+            if isinstance(cause, ChunkFailed):
+                message = str(cause)
+            elif isinstance(cause, BaseException):
+                message = f"{name} failed: {type(cause).__name__}: {cause}"
+            else:
+                message = f"{name} failed: {text}"
+            break
+    else:
+        if chunks and not text.startswith("Dependency"):
+            message = f"merging the {len(chunks)} parts failed: {type(exc).__name__}: {exc}"
+    try:
+        delete_parts(reports_storage(), run_id)
+    finally:
+        forget_results(task_id for _i, task_id, _n in chunks)
+        logger.error("report %s run %s: %s", report, run_id, message)
+        end_continued_run(
+            run_id,
+            RunStatus.FAILED,
+            error=runs.RunError(type=f"{__name__}.ChunkFailed", message=message, traceback=""),
+        )

@@ -1,0 +1,59 @@
+"""A report for drills and tests of the chunked path: the runs of one job name, with faults on demand.
+
+``reports.diagnostics.runs_of_job`` reads ``JobRun`` rows (any table with
+many rows would do; runs are the one every installation has) and can be
+told to misbehave on the row whose ``attempt`` equals a given number:
+fail every time (a chunk that keeps failing), or stall once (past the
+chunk's soft limit on its first attempt only: the once-flag is a Redis key
+set with NX), or go slowly (so progress can be watched).
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from django.conf import settings
+
+from jobs.models import JobRun
+from reports.definitions import Window
+from reports.framework import report
+
+
+class DrillFailure(RuntimeError):
+    """Raised on purpose by the diagnostics report."""
+
+
+@report(
+    "reports.diagnostics.runs_of_job",
+    columns=["run", "job", "attempt", "scheduled_for"],
+    source=lambda window, job_name: JobRun.objects.filter(
+        job=job_name, scheduled_for__gte=window.start, scheduled_for__lt=window.end
+    ),
+    chunk_size=1000,
+    formats=["csv", "json"],
+    soft_time_limit=120,
+    hard_time_limit=150,
+    chunk_soft_time_limit=5,
+    chunk_hard_time_limit=30,
+    chunk_max_retries=2,
+)
+def runs_of_job(
+    rows,
+    window: Window,
+    job_name: str,
+    pause_per_row: float = 0,
+    fail_at_attempt: int = -1,
+    stall_at_attempt: int = -1,
+    stall_once_key: str = "",
+):
+    """The runs of one job in the window (a drill of chunked reports)."""
+    for run in rows.iterator(chunk_size=500):
+        if run.attempt == fail_at_attempt:
+            raise DrillFailure(f"the run with attempt {fail_at_attempt} was asked to fail")
+        if run.attempt == stall_at_attempt and stall_once_key:
+            if redis.Redis.from_url(settings.REDIS_URL).set(stall_once_key, "1", nx=True, ex=600):
+                time.sleep(60)  # the chunk's soft limit stops this
+        if pause_per_row:
+            time.sleep(pause_per_row)
+        yield [run.pk, run.job, run.attempt, run.scheduled_for]
