@@ -7,9 +7,12 @@ Each test points ``STORAGES["reports"]`` at its own temporary directory
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import boto3  # type: ignore[import-untyped]  # no stubs installed
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.files.base import ContentFile
@@ -24,6 +27,7 @@ from reports.models import ReportFile
 from reports.storage import ReportMeta, reports_storage, store_report
 from tests.support import report_storage
 from tests.support.report_storage import stored_files
+from tests.support.s3_server import moto_server_command, s3_server
 
 reports_dir = report_storage.reports_dir  # a fixture: the reports storage in a temporary directory
 
@@ -308,3 +312,75 @@ def test_deleting_a_file_in_the_admin_deletes_it_from_the_storage(alices_client,
     assert not ReportFile.objects.filter(pk=html_file.pk).exists()
     assert html_file.storage_name not in stored_files(reports_dir)
     assert len(stored_files(reports_dir)) == 3
+
+
+# --- an S3-compatible storage ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    if moto_server_command() is None:
+        pytest.skip("no S3-compatible server on this machine (moto_server)")
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, settings) -> Iterator[Any]:
+    """A fresh bucket on the local S3 server, configured as the reports storage the way settings do it."""
+    name = f"reports-{uuid.uuid4().hex[:12]}"
+    options = {
+        "bucket_name": name,
+        "endpoint_url": s3_endpoint,
+        "region_name": "us-east-1",
+        "access_key": "test",
+        "secret_key": "test",
+        "file_overwrite": False,
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    client.create_bucket(Bucket=name)
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "reports": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options},
+    }
+    yield client, name
+
+
+def bucket_keys(client, bucket: str) -> list[str]:
+    return sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def test_on_an_s3_storage_reports_are_stored_served_and_cleaned_up(s3_bucket, run, alices_client):
+    client, bucket = s3_bucket
+    files = {f.format: f for f in store(run)}
+
+    assert bucket_keys(client, bucket) == sorted(f.storage_name for f in files.values())
+    csv_object = client.get_object(Bucket=bucket, Key=files["csv"].storage_name)
+    assert csv_object["Body"].read() == b"customer,orders\r\nAda,3\r\nGrace,5\r\n"
+    response = alices_client.get(download(files["xlsx"]))
+    assert response.status_code == 200
+    assert (
+        streamed(response) == client.get_object(Bucket=bucket, Key=files["xlsx"].storage_name)["Body"].read()
+    )
+
+    reports_storage().save("parts/crashed-run/0.csv", ContentFile(b"a\r\n"))
+    ReportFile.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert delete_expired_reports(now=timezone.now() + timedelta(days=2)) == 4
+
+    assert bucket_keys(client, bucket) == []
+    assert not ReportFile.objects.exists()
+
+
+def test_on_an_s3_storage_a_failed_report_leaves_no_object(s3_bucket, run):
+    client, bucket = s3_bucket
+
+    with pytest.raises(DataError, match="value too long"):
+        store(run, report="reports." + "x" * 240)
+
+    assert bucket_keys(client, bucket) == []
