@@ -9,7 +9,8 @@
   more than two running, every run succeeds on its first attempt, and the
   ones that waited say so on their runs; a send-only client's message that
   waits keeps its headers; a SIGKILLed worker's places come back after the
-  lease TTL and the waiting runs then finish.
+  lease TTL and the waiting runs then finish; a pool process that died and a
+  terminated run give their places back from the worker's main process.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from jobs.framework import JOB_SPECS, forwarded_headers, job
 from jobs.models import ConcurrencyLease, JobRun, RunOrigin, RunStatus
 from jobs.sendonly import names
 from jobs.sendonly.client import Client
+from scheduler.celery import app
 from tests.conftest import wait_for_run
 from tests.support.processes import Service, children_of, start_worker
 
@@ -353,3 +355,40 @@ def test_a_killed_workers_places_come_back_after_the_lease_ttl(
     # messages came back yet); their places are gone.
     assert JobRun.objects.filter(pk__in=[r.pk for r in holding], status=RunStatus.RUNNING).count() == LIMIT
     assert not ConcurrencyLease.objects.filter(holder__in=[str(r.pk) for r in holding]).exists()
+
+
+def wait_for_no_places(holder: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while ConcurrencyLease.objects.filter(holder=holder).exists():
+        assert time.monotonic() < deadline, f"{holder} still holds its place"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_the_main_process_gives_back_the_place_of_a_pool_process_that_died(worker, catalog, clean_queues):
+    run = dispatch(LIMITED, kwargs={"seconds": 60})
+    wait_for_run(run.pk, statuses={RunStatus.RUNNING}, timeout=30)
+    assert ConcurrencyLease.objects.filter(holder=str(run.pk)).exists()
+
+    for child in children_of(worker.process.pid):  # the pool replaces killed children
+        os.kill(child, signal.SIGKILL)
+
+    ended = wait_for_run(run.pk, timeout=60)
+    assert (ended.status, ended.error_type) == (RunStatus.LOST, "WorkerLostError")
+    # The worker lives on and renews its places: only a release ends this one.
+    wait_for_no_places(str(run.pk))
+    assert worker.process.poll() is None
+    # Its place is free: the next run starts without waiting.
+    after = wait_for_run(dispatch(LIMITED, kwargs={"seconds": 0}).pk, timeout=60)
+    assert (after.status, after.waiting_since) == (RunStatus.SUCCEEDED, None)
+
+
+@pytest.mark.slow
+def test_a_terminated_run_gives_back_its_place(worker, catalog, clean_queues):
+    run = dispatch(LIMITED, kwargs={"seconds": 60})
+    wait_for_run(run.pk, statuses={RunStatus.RUNNING}, timeout=30)
+    app.control.revoke(str(run.pk), terminate=True, signal="SIGKILL")
+
+    ended = wait_for_run(run.pk, timeout=60)
+    assert (ended.status, ended.error_type) == (RunStatus.FAILED, "Terminated")
+    wait_for_no_places(str(run.pk))
