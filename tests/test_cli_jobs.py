@@ -20,7 +20,7 @@ from jobs.management.commands.jobs import parse_arg
 from jobs.models import JobRun, RunStatus
 from tests.conftest import database_url_for_subprocesses
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 
 def run_command(*args: str) -> tuple[str, str]:

@@ -59,6 +59,7 @@ def test_run_command_refuses_flower_without_basic_auth_before_starting_anything(
     assert not (tmp_path / "redis").exists()  # the embedded Redis was not started either
 
 
+@pytest.mark.broker
 @pytest.mark.timeout(120)
 def test_flower_lists_our_jobs_by_name_behind_basic_auth(worker, catalog, service_env, logs_dir):
     port = free_port()

@@ -130,6 +130,7 @@ def assert_each_older_run_was_replaced(task: PeriodicTask) -> JobRun:
     return newest
 
 
+@pytest.mark.broker
 def test_a_newer_slot_terminates_the_running_run_and_runs_itself(replacing_schedule, worker):
     task = replacing_schedule()
     first = wait_until(

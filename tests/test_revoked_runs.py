@@ -65,6 +65,7 @@ def sleeps_end(worker, catalog, clean_queues) -> Iterable[None]:
         app.control.revoke(str(run_id), terminate=True)
 
 
+@pytest.mark.broker
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
 def test_a_terminated_running_run_is_recorded_failed_and_the_worker_serves_the_next(
     worker, sleeps_end, signal_name
@@ -113,6 +114,7 @@ def test_a_revoked_queued_run_is_recorded_skipped_and_never_starts(
         assert wait_for_run(blocker.pk, timeout=RECORDED_WITHIN).error_type == "Terminated"
 
 
+@pytest.mark.broker
 def test_a_run_recorded_replaced_by_beat_is_not_rewritten_when_its_revoke_arrives(worker, sleeps_end):
     run = sleep_run()
     running = wait_for_run(run.pk, statuses={RunStatus.RUNNING}, timeout=15)
@@ -146,6 +148,7 @@ def test_a_run_recorded_replaced_by_beat_is_not_rewritten_when_its_revoke_arrive
     )
 
 
+@pytest.mark.broker
 def test_a_message_discarded_as_expired_is_recorded_missed(worker, catalog, clean_queues):
     now = timezone.now()
     run = JobRun.objects.create(

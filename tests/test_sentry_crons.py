@@ -350,6 +350,7 @@ def assert_one_check_in_per_run(check_ins, run: JobRun, statuses: list[str]) -> 
     ids=["succeeds", "fails", "soft timeout", "hard timeout (main process)"],
 )
 @pytest.mark.slow
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_a_slot_checks_in_at_its_start_and_at_its_end(
     worker, catalog, engine, fake_sentry, job, kwargs, limits, status, outcome
@@ -389,6 +390,7 @@ def catalog_hard_limit(job: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_a_run_by_hand_with_retries_sends_one_check_in_id_and_error_only_after_its_last_attempt(
     worker, catalog, clean_queues, fake_sentry
@@ -409,6 +411,7 @@ def test_a_run_by_hand_with_retries_sends_one_check_in_id_and_error_only_after_i
 
 
 @pytest.mark.slow
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_a_renamed_schedule_checks_in_to_the_same_monitor(worker, catalog, engine, fake_sentry):
     task = PeriodicTask.objects.create(
@@ -437,6 +440,7 @@ def dispatch_by_hand(task: PeriodicTask) -> JobRun:
 
 
 @pytest.mark.slow
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_a_90_second_interval_schedule_runs_but_sends_no_check_in(worker, catalog, engine, fake_sentry):
     task = PeriodicTask.objects.create(
@@ -466,6 +470,7 @@ def kill_pool_processes(worker) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_a_run_lost_with_its_pool_process_ends_its_check_in_in_error(
     worker, catalog, clean_queues, fake_sentry
@@ -486,6 +491,7 @@ def test_a_run_lost_with_its_pool_process_ends_its_check_in_in_error(
 
 
 @pytest.mark.slow
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_a_lost_attempt_with_retries_left_continues_the_same_check_in(
     worker, catalog, clean_queues, fake_sentry
@@ -510,6 +516,7 @@ def test_a_lost_attempt_with_retries_left_continues_the_same_check_in(
 
 
 @pytest.mark.slow
+@pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_a_run_terminated_by_a_revoke_ends_its_check_in_in_error(worker, catalog, clean_queues, fake_sentry):
     from scheduler.celery import app
