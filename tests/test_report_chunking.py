@@ -106,7 +106,7 @@ def test_a_chunked_report_runs_as_a_chord_with_progress_moving_while_it_runs(
     assert len(moving) >= 2, f"progress seen while running: {sorted(set(seen_while_running))}"
     assert seen_while_running == sorted(seen_while_running)  # it only grows
     assert (done.progress_done, done.progress_total) == (3000, 3000)
-    assert done.result["rows"] == 3000 and done.result["chunks"] == 3
+    assert done.result is not None and done.result["rows"] == 3000 and done.result["chunks"] == 3
     assert csv_rows(report_storage, done) == expected_csv(job_name, inputs)
     assert sorted(ReportFile.objects.filter(run=done).values_list("format", flat=True)) == ["csv", "json"]
     assert_cleaned_up(report_storage, redis_client, done, 3)
@@ -164,7 +164,7 @@ def test_a_small_input_runs_inline_on_the_worker(reports_ready, report_storage):
     done = wait_for_run(run.pk, timeout=60)
 
     assert done.status == RunStatus.SUCCEEDED, done.error_message
-    assert "chunks" not in done.result
+    assert done.result is not None and "chunks" not in done.result
     assert csv_rows(report_storage, done) == expected_csv(job_name, inputs)
     assert (done.progress_done, done.progress_total) == (50, 50)
 
