@@ -18,6 +18,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("metrics", metrics_view, name="metrics"),
     path("", include("api.urls")),
+    path("reports/", include("reports.urls")),
     # Before the admin's own URLs, whose catch-all would take it for an app label.
     path("admin/dashboard/", dashboard_view, name="dashboard"),
     path("admin/", admin.site.urls),

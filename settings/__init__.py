@@ -177,11 +177,46 @@ LANGUAGE_CODE = "en-us"
 STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns on every request until collectstatic ran
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True  # the admin works before collectstatic too
+
+# --- Reports (renderings, storage, retention, delivery) -----------------------------
+# Where report files are kept: a directory under VAR_DIR by default; any Django
+# storage by configuration, e.g. S3-compatible (django-storages):
+#   REPORTS_STORAGE_BACKEND=storages.backends.s3.S3Storage AWS_STORAGE_BUCKET_NAME=reports
+#   AWS_S3_ENDPOINT_URL=https://s3.example.com AWS_S3_REGION_NAME=eu-central-1
+#   AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… (or the machine's IAM role), AWS_LOCATION=prefix/
+REPORTS_STORAGE_BACKEND = envstr("REPORTS_STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage")
+_reports_storage_options: dict[str, Any] = {}
+if REPORTS_STORAGE_BACKEND == "storages.backends.s3.S3Storage":
+    _reports_storage_options = {
+        "bucket_name": envstr("AWS_STORAGE_BUCKET_NAME"),
+        "endpoint_url": envstr("AWS_S3_ENDPOINT_URL") or None,
+        "region_name": envstr("AWS_S3_REGION_NAME") or None,
+        "access_key": envstr("AWS_ACCESS_KEY_ID") or None,
+        "secret_key": envstr("AWS_SECRET_ACCESS_KEY") or None,
+        "location": envstr("AWS_LOCATION"),
+        # Never overwrite a key in place: a report stored again gets a new name.
+        "file_overwrite": False,
+        "default_acl": None,  # the bucket's own policy; files are served through the app
+    }
+elif REPORTS_STORAGE_BACKEND == "django.core.files.storage.FileSystemStorage":
+    _reports_storage_options = {"location": str(VAR_DIR / "reports")}
+STORAGES["reports"] = {"BACKEND": REPORTS_STORAGE_BACKEND, "OPTIONS": _reports_storage_options}
+REPORT_RETENTION_DAYS = envint("REPORT_RETENTION_DAYS", 30, minimum=1)
+# One report's bound, whatever its formats (ReportTooLarge past it: narrow the window).
+REPORT_MAX_ROWS = envint("REPORT_MAX_ROWS", 5_000_000, minimum=1)
+# The HTML page shows at most this many rows and says "showing N of M" above them.
+REPORT_HTML_MAX_ROWS = envint("REPORT_HTML_MAX_ROWS", 10_000, minimum=1)
+# XLSX: Excel's sheet holds 1,048,575 rows under the header.
+REPORT_XLSX_MAX_ROWS = envint("REPORT_XLSX_MAX_ROWS", 1_048_575, minimum=1, maximum=1_048_575)
+# Tries per report destination inside the run, and the pauses between them (seconds;
+# the last one repeats). Still failing: the run fails, and alerting pages.
+REPORT_DELIVERY_ATTEMPTS = envint("REPORT_DELIVERY_ATTEMPTS", 3, minimum=1)
+REPORT_DELIVERY_BACKOFF_SECONDS = (1.0, 4.0)
 
 # --- Broker -----------------------------------------------------------------------
 EMBEDDED_REDIS_PORT = envint("EMBEDDED_REDIS_PORT", 6389, minimum=1)
