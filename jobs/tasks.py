@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from jobs.builtin import diagnostics, heartbeat, reports  # noqa: F401
+from jobs.builtin import diagnostics, heartbeat  # noqa: F401
