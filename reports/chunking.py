@@ -18,7 +18,8 @@ result backend, Redis, counts the parts; there is no barrier of ours).
   added. Past its retries it raises ``ChunkFailed`` ("chunk 3 of 20
   (pk 150001–200000) failed after 3 attempts: …").
 - **The merge** (``merge_parts``) streams the parts in chunk order into
-  ``reports.outputs.store_and_deliver`` and ends the run
+  ``reports.outputs.store_and_deliver`` (saying how far it got in the run's
+  progress message, at most once a second) and ends the run
   (``end_continued_run``): succeeded with the result, or failed (soft
   timeout past its soft limit) with what went wrong.
 - **A chunk that failed for good** (or a merge killed at its hard limit):
@@ -39,7 +40,7 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
@@ -293,7 +294,8 @@ def merge_parts(
     result: dict[str, Any] | None = None
     try:
         assert spec.columns is not None
-        rows = read_parts(storage, [p["part"] for p in parts])
+        total = sum(p["rows"] for p in parts)
+        rows = CountedRows(read_parts(storage, [p["part"] for p in parts]), merge_progress(run_id, total))
         result = store_and_deliver(
             spec, run_id, columns=spec.columns, rows=rows, meta=meta_for(spec, the_window, parameters)
         )
@@ -308,6 +310,16 @@ def merge_parts(
         end_continued_run(run_id, status, result=result)
     else:
         end_continued_run(run_id, status, error=runs.RunError.from_exception(failure), exc=failure)
+
+
+def merge_progress(run_id: str, total: int) -> Callable[[int, bool], Any]:
+    """The merge's progress: the counts stay the chunks'; the message says how far the files are."""
+
+    def write(done: int, finished: bool) -> None:
+        if not finished:
+            runs.add_progress(run_id, delta=0, message=f"writing the report: {done:,} of {total:,} rows")
+
+    return write
 
 
 @app.task(name="reports.chunks_failed")

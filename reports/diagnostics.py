@@ -6,6 +6,8 @@ told to misbehave on the row whose ``attempt`` equals a given number:
 fail every time (a chunk that keeps failing), or stall once (past the
 chunk's soft limit on its first attempt only: the once-flag is a Redis key
 set with NX), or go slowly (so progress can be watched).
+``reports.diagnostics.runs_of_job_in_large_chunks`` is the same report with
+the default chunk size (50,000) and limits, for the bench.
 """
 
 from __future__ import annotations
@@ -19,25 +21,13 @@ from jobs.models import JobRun
 from reports.definitions import Window
 from reports.framework import report
 
+COLUMNS = ["run", "job", "attempt", "scheduled_for"]
+
 
 class DrillFailure(RuntimeError):
     """Raised on purpose by the diagnostics report."""
 
 
-@report(
-    "reports.diagnostics.runs_of_job",
-    columns=["run", "job", "attempt", "scheduled_for"],
-    source=lambda window, job_name: JobRun.objects.filter(
-        job=job_name, scheduled_for__gte=window.start, scheduled_for__lt=window.end
-    ),
-    chunk_size=1000,
-    formats=["csv", "json"],
-    soft_time_limit=120,
-    hard_time_limit=150,
-    chunk_soft_time_limit=5,
-    chunk_hard_time_limit=30,
-    chunk_max_retries=2,
-)
 def runs_of_job(
     rows,
     window: Window,
@@ -57,3 +47,31 @@ def runs_of_job(
         if pause_per_row:
             time.sleep(pause_per_row)
         yield [run.pk, run.job, run.attempt, run.scheduled_for]
+
+
+def runs_of(window: Window, job_name: str):
+    return JobRun.objects.filter(job=job_name, scheduled_for__gte=window.start, scheduled_for__lt=window.end)
+
+
+# Small chunks with tight limits: tests and drills of retries and failures.
+runs_of_job_task = report(
+    "reports.diagnostics.runs_of_job",
+    columns=COLUMNS,
+    source=runs_of,
+    chunk_size=1000,
+    formats=["csv", "json"],
+    soft_time_limit=120,
+    hard_time_limit=150,
+    chunk_soft_time_limit=5,
+    chunk_hard_time_limit=30,
+    chunk_max_retries=2,
+)(runs_of_job)
+
+# The default chunk size and limits: bench/chunked_report.py's report over a million rows.
+runs_of_job_in_large_chunks_task = report(
+    "reports.diagnostics.runs_of_job_in_large_chunks",
+    columns=COLUMNS,
+    source=runs_of,
+    chunk_size=50_000,
+    formats=["csv"],
+)(runs_of_job)
