@@ -82,6 +82,8 @@ def publish_catalog(worker: str = "") -> int:
                 "soft_time_limit": spec.soft_time_limit,
                 "hard_time_limit": spec.hard_time_limit,
                 "max_retries": spec.max_retries,
+                "max_concurrency": spec.max_concurrency,
+                "rate_limit": spec.rate_limit or "",
                 "doc": spec.doc,
                 "published_by": worker[:255],
                 "last_published_at": now,

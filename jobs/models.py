@@ -221,6 +221,16 @@ class JobDefinition(models.Model):
     soft_time_limit = models.PositiveIntegerField()
     hard_time_limit = models.PositiveIntegerField()
     max_retries = models.PositiveSmallIntegerField(default=0)
+    max_concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many runs at once across all workers; empty: no limit."
+    )
+    rate_limit = models.CharField(
+        max_length=32,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Celery's rate limit, per worker (e.g. 10/m); empty: none.",
+    )
     doc = models.TextField(blank=True)
     published_by = models.CharField(max_length=255, blank=True)
     last_published_at = models.DateTimeField()

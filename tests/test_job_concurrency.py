@@ -28,10 +28,10 @@ from django.db import connection
 from django.utils import timezone
 
 from jobs import concurrency, runs
-from jobs.catalog import load_job_modules
+from jobs.catalog import load_job_modules, publish_catalog
 from jobs.dispatch import dispatch
 from jobs.framework import JOB_SPECS, forwarded_headers, job
-from jobs.models import ConcurrencyLease, JobRun, RunOrigin, RunStatus
+from jobs.models import ConcurrencyLease, JobDefinition, JobRun, RunOrigin, RunStatus
 from jobs.sendonly import names
 from jobs.sendonly.client import Client
 from scheduler.celery import app
@@ -154,6 +154,30 @@ def test_the_limits_are_published_with_the_job():
     spec = JOB_SPECS[LIMITED]
     assert (spec.max_concurrency, spec.rate_limit) == (LIMIT, None)
     assert JOB_SPECS[names.DIAGNOSTICS_SLEEP].max_concurrency is None
+
+    publish_catalog(worker="tests")
+    published = JobDefinition.objects.get(name=LIMITED)
+    assert (published.max_concurrency, published.rate_limit) == (LIMIT, "")
+    assert JobDefinition.objects.get(name=names.DIAGNOSTICS_SLEEP).max_concurrency is None
+
+
+def test_a_rate_limit_goes_to_celery_as_is():
+    def limited() -> None:
+        """Does nothing, at most ten times a minute on each worker."""
+
+    task = job("tests.rate_limited", rate_limit="10/m", max_concurrency=3)(limited)
+    try:
+        assert (task.rate_limit, task.max_concurrency) == ("10/m", 3)
+        assert (
+            JOB_SPECS["tests.rate_limited"].rate_limit,
+            JOB_SPECS["tests.rate_limited"].max_concurrency,
+        ) == (
+            "10/m",
+            3,
+        )
+    finally:
+        JOB_SPECS.pop("tests.rate_limited", None)
+        app.tasks.pop("tests.rate_limited", None)
 
 
 def test_a_waiting_message_keeps_our_headers():
