@@ -40,7 +40,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
-import xlsxwriter  # type: ignore[import-untyped]  # no py.typed; the lead may add it to follow_untyped_imports
+import xlsxwriter
 from django.conf import settings
 from django.utils.duration import duration_iso_string
 
@@ -347,7 +347,8 @@ class XlsxRendering(Rendering):
                 value = value.astimezone(UTC).replace(tzinfo=None)
             sheet.write_datetime(row, col, value, self.datetime_format)
         elif isinstance(value, date):
-            sheet.write_datetime(row, col, value, self.date_format)
+            # A naive midnight: Excel has no zones, and a date has none either.
+            sheet.write_datetime(row, col, datetime.combine(value, time()), self.date_format)
         else:
             sheet.write_string(row, col, text_value(value)[:32_767])
 

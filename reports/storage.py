@@ -20,9 +20,9 @@
   redelivered merge) replaces the earlier rows of those formats; their files
   are deleted once the new rows are committed.
 
-The reports storage is Django's ``STORAGES["reports"]`` (a filesystem by
-default, S3-compatible by configuration). A settings module without that
-alias gets a filesystem storage at ``VAR_DIR/reports``, the same default.
+The reports storage is Django's ``STORAGES["reports"]``, configured in
+settings only (a directory under ``VAR_DIR`` by default, S3-compatible by
+``REPORTS_STORAGE_BACKEND``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files import File
-from django.core.files.storage import FileSystemStorage, Storage, storages
+from django.core.files.storage import Storage, storages
 from django.db import transaction
 from django.http import FileResponse, Http404
 from django.utils import timezone
@@ -60,10 +60,8 @@ STORAGE_ALIAS = "reports"
 
 
 def reports_storage() -> Storage:
-    """The storage reports are kept in: ``STORAGES["reports"]``, else a filesystem at ``VAR_DIR/reports``."""
-    if STORAGE_ALIAS in settings.STORAGES:
-        return storages[STORAGE_ALIAS]
-    return FileSystemStorage(location=Path(settings.VAR_DIR) / "reports")
+    """The storage reports are kept in: ``STORAGES["reports"]`` (settings)."""
+    return storages[STORAGE_ALIAS]
 
 
 def report_max_rows() -> int:

@@ -10,9 +10,10 @@ import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]  # no stubs installed
+import boto3
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.files.base import ContentFile
@@ -135,7 +136,11 @@ def test_bad_formats_and_rows_of_the_wrong_width_are_refused(reports_dir, run):
     assert stored_files(reports_dir) == [] and not ReportFile.objects.exists()
 
 
-def test_the_reports_storage_is_the_configured_alias_or_var_dir_reports(settings, tmp_path):
+def test_the_reports_storage_is_a_directory_under_var_dir_unless_configured(settings, tmp_path):
+    default = reports_storage()
+    assert isinstance(default, FileSystemStorage)
+    assert default.location == str(Path(settings.VAR_DIR) / "reports")
+
     settings.STORAGES = {
         **settings.STORAGES,
         "reports": {
@@ -145,11 +150,6 @@ def test_the_reports_storage_is_the_configured_alias_or_var_dir_reports(settings
     }
     configured = reports_storage()
     assert isinstance(configured, FileSystemStorage) and configured.location == str(tmp_path)
-
-    settings.STORAGES = {k: v for k, v in settings.STORAGES.items() if k != "reports"}
-    settings.VAR_DIR = tmp_path / "var"
-    fallback = reports_storage()
-    assert isinstance(fallback, FileSystemStorage) and fallback.location == str(tmp_path / "var" / "reports")
 
 
 # --- retention -----------------------------------------------------------------------------

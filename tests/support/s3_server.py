@@ -2,26 +2,29 @@
 
 ``moto_server`` is a real HTTP server speaking S3's REST API on 127.0.0.1;
 django-storages and boto3 talk to it exactly as to any S3-compatible store
-(endpoint URL, bucket, keys). It is a command of the machine's Python, not
-of the project's environment; ``moto_server_command()`` says where it is,
-or ``None`` when this machine has none.
+(endpoint URL, bucket, keys). It comes with the development dependencies
+(``moto[server]``); ``moto_server_command()`` finds it beside this Python,
+else on the PATH.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from tests.support.processes import free_port
 
 
 def moto_server_command() -> str | None:
-    return shutil.which("moto_server")
+    beside = Path(sys.executable).parent / "moto_server"
+    return str(beside) if beside.exists() else shutil.which("moto_server")
 
 
 @contextmanager
