@@ -1,0 +1,182 @@
+"""The schedule audit and the alert digest, on real rows: each problem found, healthy schedules left out."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+
+from jobs.models import JobDefinition, JobRun, RunStatus, WorkerPresence
+from reports.builtin.schedule_audit import (
+    COLUMNS,
+    LIMITS_INVALID,
+    LIMITS_MISSING,
+    NEVER_RAN,
+    PAUSE_ENDED,
+    RARE,
+    UNSERVED,
+    UNUSABLE,
+    schedule_audit_rows,
+)
+from scheduler.models import SchedulePolicy
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def live_worker(catalog):
+    """A live worker serving every job of the catalog on every catalog queue."""
+    now = timezone.now()
+    definitions = JobDefinition.objects.values_list("name", "queue")
+    WorkerPresence.objects.create(
+        hostname="audit-worker@test",
+        queues=sorted({queue for _, queue in definitions}),
+        jobs=sorted({name for name, _ in definitions}),
+        last_seen_at=now,
+        started_at=now,
+    )
+
+
+def hourly() -> IntervalSchedule:
+    every, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.HOURS)
+    return every
+
+
+def make_schedule(name: str, **fields) -> PeriodicTask:
+    """A schedule saved through the ORM (validated, its policy created), with one run unless told."""
+    fields.setdefault("task", "heartbeat")
+    if "crontab" not in fields:
+        fields.setdefault("interval", hourly())
+    return PeriodicTask.objects.create(name=name, **fields)
+
+
+def with_a_run(task: PeriodicTask) -> PeriodicTask:
+    JobRun.objects.create(
+        job=task.task,
+        schedule=task,
+        status=RunStatus.SUCCEEDED,
+        scheduled_for=timezone.now() - timedelta(hours=1),
+    )
+    return task
+
+
+def audit() -> dict[str, list[dict]]:
+    """The audit's rows by schedule name."""
+    found: dict[str, list[dict]] = {}
+    for row in schedule_audit_rows():
+        record = dict(zip(COLUMNS, row, strict=True))
+        found.setdefault(record["schedule"], []).append(record)
+    return found
+
+
+def problems(found: dict[str, list[dict]], name: str) -> list[str]:
+    return [row["problem"] for row in found.get(name, [])]
+
+
+def test_each_problem_is_found_on_its_schedule_and_healthy_ones_are_not_listed(live_worker):
+    now = timezone.now()
+    healthy = with_a_run(make_schedule("healthy"))
+    with_a_run(make_schedule("healthy-cron", crontab=CrontabSchedule.objects.create(minute="0", hour="7")))
+
+    never_ran = make_schedule("never-ran")
+    SchedulePolicy.objects.filter(task=never_ran).update(created_at=now - timedelta(days=2))
+
+    pause_ended = with_a_run(make_schedule("pause-ended"))
+    SchedulePolicy.objects.filter(task=pause_ended).update(
+        paused_at=now - timedelta(hours=3),
+        paused_until=now - timedelta(hours=1),
+        pause_note="deploy",
+        paused_by="bob",
+    )
+    still_paused = with_a_run(make_schedule("still-paused"))  # a pause that holds is not a problem
+    SchedulePolicy.objects.filter(task=still_paused).update(
+        paused_at=now - timedelta(hours=3), paused_until=now + timedelta(hours=1), pause_note="freeze"
+    )
+
+    leap_day = with_a_run(
+        make_schedule(
+            "leap-day",
+            crontab=CrontabSchedule.objects.create(
+                minute="0", hour="0", day_of_month="29", month_of_year="2"
+            ),
+        )
+    )
+
+    unserved = with_a_run(make_schedule("unserved"))
+    SchedulePolicy.objects.filter(task=unserved).update(queue="audit-nowhere")
+
+    inverted = with_a_run(make_schedule("inverted"))
+    # Written behind validation's back (raw updates are how such rows appear).
+    SchedulePolicy.objects.filter(task=inverted).update(soft_time_limit=100, hard_time_limit=50)
+
+    (unknown,) = PeriodicTask.objects.bulk_create(
+        [PeriodicTask(name="unknown-job", task="no.such.job", interval=hourly())]
+    )
+    SchedulePolicy.objects.create(task=unknown)
+    with_a_run(unknown)
+
+    zero_deadline = with_a_run(make_schedule("zero-deadline"))
+    SchedulePolicy.objects.filter(task=zero_deadline).update(starting_deadline=0)
+
+    found = audit()
+
+    assert problems(found, "never-ran") == [NEVER_RAN]
+    assert "no run recorded" in found["never-ran"][0]["detail"]
+    assert problems(found, "pause-ended") == [PAUSE_ENDED]
+    assert "paused by bob until" in found["pause-ended"][0]["detail"]
+    assert problems(found, "leap-day") == [RARE]
+    assert "fires 1 time(s) in four years" in found["leap-day"][0]["detail"]
+    assert problems(found, "unserved") == [UNSERVED]
+    assert "'audit-nowhere'" in found["unserved"][0]["detail"]
+    assert problems(found, "inverted") == [LIMITS_INVALID]
+    assert "must be longer than the soft limit" in found["inverted"][0]["detail"]
+    assert problems(found, "unknown-job") == [LIMITS_MISSING]  # not also "cannot evaluate": one reason, once
+    assert problems(found, "zero-deadline") == [UNUSABLE]
+    assert "starting deadline of 0 s" in found["zero-deadline"][0]["detail"]
+    listed = set(found)
+    assert not listed & {"healthy", "healthy-cron", "still-paused"}
+    assert found["leap-day"][0]["schedule_id"] == leap_day.pk and found["leap-day"][0]["job"] == "heartbeat"
+    assert healthy.pk not in {row["schedule_id"] for rows in found.values() for row in rows}
+
+
+def test_a_young_schedule_and_one_whose_first_slot_is_not_due_yet_did_not_fail_to_run(live_worker):
+    now = timezone.now()
+    make_schedule("brand-new")  # created just now: not a day old
+    # Once a year, about half a year from now: two days old, and no slot was due since.
+    target = now + timedelta(days=180)
+    yearly = make_schedule(
+        "yearly",
+        crontab=CrontabSchedule.objects.create(
+            minute="0", hour="12", day_of_month=str(min(target.day, 28)), month_of_year=str(target.month)
+        ),
+    )
+    SchedulePolicy.objects.filter(task=yearly).update(created_at=now - timedelta(days=2))
+    overdue = make_schedule("overdue")  # the same age, hourly: it should have run
+    SchedulePolicy.objects.filter(task=overdue).update(created_at=now - timedelta(days=2))
+
+    found = audit()
+
+    assert "brand-new" not in found
+    assert "yearly" not in found  # and four slots in four years: not rare either
+    assert problems(found, "overdue") == [NEVER_RAN]
+
+
+def test_a_disabled_schedule_is_not_audited_but_its_stale_pause_is(live_worker):
+    now = timezone.now()
+    off = make_schedule("disabled", enabled=False)
+    SchedulePolicy.objects.filter(task=off).update(
+        created_at=now - timedelta(days=5),
+        queue="audit-nowhere",
+        paused_at=now - timedelta(days=2),
+        paused_until=now - timedelta(days=1),
+    )
+
+    assert problems(audit(), "disabled") == [PAUSE_ENDED]
+
+
+def test_no_live_worker_at_all_flags_every_schedule(catalog):
+    with_a_run(make_schedule("lonely"))
+
+    assert problems(audit(), "lonely") == [UNSERVED]
