@@ -18,7 +18,8 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage
-from django.db import DataError
+from django.db import DataError, connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from jobs.models import JobRun, RunStatus
@@ -384,3 +385,22 @@ def test_on_an_s3_storage_a_failed_report_leaves_no_object(s3_bucket, run):
         store(run, report="reports." + "x" * 240)
 
     assert bucket_keys(client, bucket) == []
+
+
+def test_the_file_list_costs_the_same_queries_at_any_size(alices_client, reports_dir):
+    def page_queries() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert alices_client.get(LIST).status_code == 200
+        return len(queries)
+
+    now = timezone.now()
+    for _ in range(2):
+        store(
+            JobRun.objects.create(job=REPORT, status=RunStatus.SUCCEEDED, scheduled_for=now), formats=["csv"]
+        )
+    small = page_queries()
+    for index in range(40):
+        run = JobRun.objects.create(job=REPORT, status=RunStatus.SUCCEEDED, scheduled_for=now)
+        store(run, formats=["csv", "json"], report=f"reports.r{index % 5}")
+
+    assert page_queries() == small
