@@ -32,7 +32,7 @@ from reports.delivery import deliver_report
 from reports.models import DeliveryStatus, ReportDelivery, ReportDestination, ReportFile
 from tests.support.alert_receivers import SlackReceiver, SmtpReceiver, WebhookReceiver
 
-pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.support.report_urls")]
+pytestmark = pytest.mark.django_db
 
 SECRET = "report-signing-secret-0123456789"
 PUBLIC_URL = "http://reports.example.test"
