@@ -18,7 +18,9 @@ Limits, checked as rows arrive, so a report that breaks one stops there:
 
 - XLSX holds at most 1,048,575 data rows under its header (Excel's sheet
   limit; ``REPORT_XLSX_MAX_ROWS`` lowers it): the row after the limit raises
-  ``ReportTooLarge`` before anything is written for it.
+  ``ReportTooLarge`` before anything is written for it. A sheet whose XML
+  passes 2 GiB (very wide rows) would need ZIP64, which not every Excel
+  opens: ``ReportTooLarge`` too, when the file is completed.
 - HTML is a page for people: it shows the first ``REPORT_HTML_MAX_ROWS``
   rows (10,000 by default) and says above the table "showing N of M rows"
   and which rendering has them all. It is never taken for the whole report:
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import xlsxwriter
+import xlsxwriter.exceptions
 from django.conf import settings
 from django.utils.duration import duration_iso_string
 
@@ -353,7 +356,17 @@ class XlsxRendering(Rendering):
             sheet.write_string(row, col, text_value(value)[:32_767])
 
     def finish(self) -> int:
-        self.workbook.close()
+        try:
+            self.workbook.close()
+        except xlsxwriter.exceptions.FileSizeError:
+            # Over 2 GiB of sheet XML needs ZIP64, which not every Excel opens: refused, not sent broken.
+            raise ReportTooLarge(
+                f"report {self.report}: its XLSX ({self.rows:,} rows) would exceed the 2 GiB a plain "
+                f"XLSX file holds; ask for CSV or JSON, or narrow the window",
+                report=self.report,
+                format=self.format,
+                limit=self.rows,
+            ) from None
         return self.rows
 
     def close(self) -> None:
