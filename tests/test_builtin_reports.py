@@ -1,14 +1,22 @@
-"""The schedule audit and the alert digest, on real rows: each problem found, healthy schedules left out."""
+"""The schedule audit and the alert digest on real rows.
+
+Audit: one schedule per problem, each found, healthy ones not listed.
+Digest: incidents opened and resolved through ``alerts.incidents``' own writers.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
+from alerts import incidents
+from alerts.models import IncidentKind
 from jobs.models import JobDefinition, JobRun, RunStatus, WorkerPresence
+from reports.builtin.alert_digest import COLUMNS as DIGEST_COLUMNS
+from reports.builtin.alert_digest import alert_digest_rows
 from reports.builtin.schedule_audit import (
     COLUMNS,
     LIMITS_INVALID,
@@ -180,3 +188,88 @@ def test_no_live_worker_at_all_flags_every_schedule(catalog):
     with_a_run(make_schedule("lonely"))
 
     assert problems(audit(), "lonely") == [UNSERVED]
+
+
+# --- alert digest ------------------------------------------------------------------------------
+
+DIGEST_START = datetime(2020, 6, 1, 0, 0, tzinfo=UTC)
+DIGEST_END = DIGEST_START + timedelta(days=1)
+
+
+def opened(scope: str, kind: str, at_hours: float, *, schedule: PeriodicTask | None = None, quiet=False):
+    """An incident opened ``at_hours`` after the digest window's start, through the detector's writer."""
+    incident = incidents.open_incident(
+        incidents.NewIncident(
+            scope=scope,
+            kind=kind,
+            summary=f"{kind} on {scope}",
+            schedule_id=schedule.pk if schedule else None,
+            schedule_name=schedule.name if schedule else "",
+            job=schedule.task if schedule else "",
+            queue="" if schedule else scope.removeprefix("queue:"),
+            quiet=quiet,
+        ),
+        now=DIGEST_START + timedelta(hours=at_hours),
+    )
+    assert incident is not None
+    return incident
+
+
+def resolved(incident, at_hours: float) -> None:
+    assert incidents.resolve(incident, now=DIGEST_START + timedelta(hours=at_hours), resolution="recovered")
+
+
+def digest(start=DIGEST_START, end=DIGEST_END) -> dict[tuple[str, str], dict]:
+    return {
+        (record["scope"], record["kind"]): record
+        for record in (dict(zip(DIGEST_COLUMNS, row, strict=True)) for row in alert_digest_rows(start, end))
+    }
+
+
+def test_the_digest_counts_incidents_opened_and_resolved_and_times_their_resolution(catalog):
+    nightly = make_schedule("nightly")
+    scope = incidents.schedule_scope(nightly.pk)
+    # Three failures of one schedule in the window, resolved after 1 h, 2 h and 6 h: median 2 h.
+    for at, took in ((1, 1), (4, 2), (10, 6)):
+        resolved(opened(scope, IncidentKind.FAILED, at, schedule=nightly), at + took)
+    # One more that opens in the window and is still open at its end (resolved the next day).
+    late = opened(scope, IncidentKind.FAILED, 20, schedule=nightly)
+    resolved(late, 30)
+    # Opened the day before, resolved in the window after 5 h: resolved here, not opened here.
+    resolved(opened("queue:reports", IncidentKind.NO_WORKER, -3), 2)
+    # Opened before and never resolved: open at the window's end, not opened in it.
+    opened("beat", IncidentKind.BEAT_DOWN, -30)
+    # Quiet (in maintenance): opened, not paged.
+    opened("queue:bulk", IncidentKind.NO_WORKER, 5, quiet=True)
+    # Outside the window entirely: resolved before it starts, or opened after it ends.
+    resolved(opened("queue:old", IncidentKind.NO_WORKER, -10), -8)
+    opened("queue:later", IncidentKind.NO_WORKER, 25)
+
+    rows = digest()
+
+    failed = rows[(scope, IncidentKind.FAILED)]
+    assert (failed["opened"], failed["paged"], failed["resolved"], failed["open_at_end"]) == (4, 4, 3, 1)
+    assert failed["median_resolve_s"] == 2 * 3600 and failed["max_resolve_s"] == 6 * 3600
+    assert failed["schedule"] == "nightly" and failed["job"] == "heartbeat"
+    assert failed["oldest_open_since"] == DIGEST_START + timedelta(hours=20)
+    queue = rows[("queue:reports", IncidentKind.NO_WORKER)]
+    assert (queue["opened"], queue["resolved"], queue["open_at_end"]) == (0, 1, 0)
+    assert queue["median_resolve_s"] == 5 * 3600
+    beat = rows[("beat", IncidentKind.BEAT_DOWN)]
+    assert (beat["opened"], beat["resolved"], beat["open_at_end"]) == (0, 0, 1)
+    assert beat["median_resolve_s"] is None
+    bulk = rows[("queue:bulk", IncidentKind.NO_WORKER)]
+    assert (bulk["opened"], bulk["paged"], bulk["open_at_end"]) == (1, 0, 1)
+    assert ("queue:old", IncidentKind.NO_WORKER) not in rows
+    assert ("queue:later", IncidentKind.NO_WORKER) not in rows
+    # Rows with incidents open at the end first (one each here), then the most opened.
+    assert list(rows)[:1] == [(scope, IncidentKind.FAILED)]
+    assert list(rows)[-1] == ("queue:reports", IncidentKind.NO_WORKER)  # nothing open at the end
+
+
+def test_an_empty_window_has_no_digest_rows_and_a_reversed_one_is_refused(catalog):
+    opened("queue:reports", IncidentKind.NO_WORKER, 30)  # after the window
+
+    assert digest() == {}
+    with pytest.raises(ValueError, match="before it starts"):
+        digest(DIGEST_END, DIGEST_START)

@@ -10,4 +10,4 @@ Importing this package registers them (``reports.tasks`` imports it).
 
 from __future__ import annotations
 
-from reports.builtin import run_summary, schedule_audit  # noqa: F401
+from reports.builtin import alert_digest, run_summary, schedule_audit  # noqa: F401
