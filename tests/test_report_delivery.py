@@ -87,7 +87,7 @@ def download(url: str):
     assert url.startswith(PUBLIC_URL + "/reports/download/"), url
     response = Client().get(url.removeprefix(PUBLIC_URL))
     # Reading a streamed body to its end closes the response (the test client's wrapper).
-    body = b"".join(response.streaming_content) if response.streaming else response.content
+    body = b"".join(response.streaming_content) if response.streaming else response.content  # type: ignore[attr-defined]
     return response.status_code, body
 
 
@@ -310,7 +310,7 @@ def test_a_destination_that_could_never_be_delivered_to_is_refused_with_a_field_
     assert not form.is_valid()
     assert field in form.errors, form.errors  # beside its field (kind and formats: the form's own choices)
     if field in ("target", "secret"):
-        assert says in " ".join(form.errors[field])
+        assert says in " ".join(str(error) for error in form.errors[field])
 
 
 def test_the_schedule_page_edits_destinations_and_the_run_page_shows_files_and_deliveries(

@@ -178,6 +178,7 @@ def test_the_api_gives_progress_and_waiting_or_null(schedule):
     got = reader.get(f"runs/{waiting.pk}").json()
     assert got["progress"] is None
     assert got["waiting"]["for"] == "a place of heartbeat (max_concurrency=2): 2 running"
+    assert waiting.waiting_since is not None
     assert got["waiting"]["since"].startswith(waiting.waiting_since.strftime("%Y-%m-%dT%H:%M:%S"))
 
     listed = {item["id"]: item for item in reader.get("runs").json()["items"]}
