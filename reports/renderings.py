@@ -225,7 +225,7 @@ HTML_STYLE = (
     "table{border-collapse:collapse;font-size:14px}"
     "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
     "th{background:#f2f2f2;position:sticky;top:0}"
-    "tr:nth-child(even) td{background:#fafafa}"
+    "tr:nth-child(even) td{background:#fafafa}td.n{text-align:right;font-variant-numeric:tabular-nums}"
     "dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px}"
     "dt{font-weight:600}.note{background:#fff4ce;padding:8px;border:1px solid #e0c060}"
 )
@@ -254,7 +254,12 @@ class HtmlRendering(Rendering):
         self.seen += 1
         if self.rows >= self.limit:
             return
-        cells = "".join(f"<td>{html.escape(text_value(v))}</td>" for v in row)
+        cells = "".join(
+            f'<td class="n">{html.escape(text_value(v))}</td>'
+            if isinstance(v, (int, float, Decimal)) and not isinstance(v, bool)
+            else f"<td>{html.escape(text_value(v))}</td>"
+            for v in row
+        )
         self.body.write(f"<tr>{cells}</tr>\n")
         self.rows += 1
 
