@@ -416,3 +416,16 @@ def test_a_terminated_run_gives_back_its_place(worker, catalog, clean_queues):
     ended = wait_for_run(run.pk, timeout=60)
     assert (ended.status, ended.error_type) == (RunStatus.FAILED, "Terminated")
     wait_for_no_places(str(run.pk))
+
+
+@pytest.mark.slow
+def test_a_run_that_waits_past_its_deadline_is_recorded_missed(worker, catalog, clean_queues):
+    holders = ["tests-a", "tests-b"]
+    hold_places(holders)
+    run = dispatch(LIMITED, kwargs={"seconds": 0}, starting_deadline=3)
+
+    ended = wait_for_run(run.pk, timeout=60)
+    assert ended.status == RunStatus.MISSED
+    assert ended.started_at is None
+    assert ended.waiting_since is not None  # it waited, then its deadline passed
+    assert set(ConcurrencyLease.objects.filter(key=LIMITED).values_list("holder", flat=True)) == set(holders)
