@@ -208,7 +208,10 @@ class JsonRendering(Rendering):
         self.file.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "rows": [')
 
     def write(self, row: Sequence[Any]) -> None:
-        self.file.write(("\n" if self.rows == 0 else ",\n") + json.dumps([json_value(v) for v in row]))
+        self.file.write(
+            ("\n" if self.rows == 0 else ",\n")
+            + json.dumps([json_value(v) for v in row], ensure_ascii=False, allow_nan=False)
+        )
         self.rows += 1
 
     def finish(self) -> int:
