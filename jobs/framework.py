@@ -43,7 +43,9 @@ Celery task that:
   (``waiting_since``, ``waiting_for``) and its message goes back to the
   broker 1-3 s later (the same task id, retry count, priority, queue,
   limits and deadline), holding no pool process and counting no attempt.
-  The place is given back at every ending in the child; for a hard time
+  The place is given back at every ending in the child, after the run's
+  end is recorded (so the runs recorded ``running`` never outnumber the
+  places; a retry's before its message is sent); for a hard time
   limit, a dead pool process or a termination the worker's main process
   gives it back; a killed worker's lapses (``jobs.concurrency``). A body
   returning ``RunContinues`` keeps it until ``end_continued_run``;

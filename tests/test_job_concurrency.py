@@ -296,7 +296,8 @@ def test_a_burst_on_two_workers_never_runs_more_than_the_limit(worker, second_wo
         for run in waited
     )
     assert {run.worker.split("@")[0].rsplit("-", 1)[0] for run in done} <= {"worker", "worker-conc"}
-    assert ConcurrencyLease.objects.filter(key=LIMITED).count() == 0  # every place given back
+    # Every place given back (each just after its run's end was recorded).
+    wait_for_no_places_of(LIMITED)
     assert "waits for a concurrency place" in worker.log() + second_worker.log()
 
 
@@ -379,6 +380,13 @@ def test_a_killed_workers_places_come_back_after_the_lease_ttl(
     # messages came back yet); their places are gone.
     assert JobRun.objects.filter(pk__in=[r.pk for r in holding], status=RunStatus.RUNNING).count() == LIMIT
     assert not ConcurrencyLease.objects.filter(holder__in=[str(r.pk) for r in holding]).exists()
+
+
+def wait_for_no_places_of(key: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while ConcurrencyLease.objects.filter(key=key).exists():
+        assert time.monotonic() < deadline, list(ConcurrencyLease.objects.filter(key=key).values())
+        time.sleep(0.1)
 
 
 def wait_for_no_places(holder: str, timeout: float = 30) -> None:
