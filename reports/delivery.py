@@ -29,10 +29,15 @@ run, retried with it and alerted on like any failure.
   the same on every try) for receivers that deduplicate.
 - Links are signed and expire with the file (``reports.links``).
 
+Destinations are sent to in parallel, one thread each doing only network
+I/O; the run's thread records each step (``send_all``), so a destination
+that hangs or keeps failing delays no other.
+
 Sending reuses alerts' senders' parts (``post_json``, its timeouts and
 answers, Slack's escaping, webhook signing), so a receiver's answer reads the
 same in both places. Every network call is bounded by ``ALERT_SEND_TIMEOUT``:
-one destination costs at most attempts × (timeout + backoff).
+a delivery takes at most attempts × timeout + the backoffs (35 s with the
+defaults), however many destinations.
 
 Each state change of a delivery is one guarded UPDATE below
 (``record_attempt``, ``record_retry``, ``record_sent``, ``record_failed``,
@@ -44,6 +49,8 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -340,58 +347,124 @@ SENDERS: dict[str, Sender] = {
 
 
 def deliver_report(run_id: Any, files: Sequence[ReportFile]) -> list[str]:
-    """Send ``files`` to every enabled destination of the run's schedule; the errors (empty: all went)."""
+    """Send ``files`` to every enabled destination of the run's schedule; the errors (empty: all went).
+
+    Destinations are sent to at the same time, one thread each (network only:
+    threads never touch the database), so one that hangs or keeps failing never
+    delays another; this thread records each step as the senders report it.
+    """
     run = JobRun.objects.filter(pk=run_id).first()
     if run is None or run.schedule_id is None:
         return []
-    errors = []
+    errors: dict[int, str] = {}  # by delivery, in the destinations' order
+    labels: dict[int, str] = {}
+    sends: list[tuple[ReportDestination, int, ReportMessage]] = []
     destinations = ReportDestination.objects.filter(schedule_id=run.schedule_id, enabled=True).order_by("id")
     for destination in destinations:
         delivery = open_delivery(run.pk, destination)
         if delivery.status != DeliveryStatus.PENDING:
             continue  # sent by an earlier attempt of this run
-        error = deliver_to(destination, delivery.pk, run, files)
-        if error:
-            errors.append(f"{destination.get_kind_display().split(' ')[0]} to {destination.target}: {error}")
-    return errors
+        labels[delivery.pk] = f"{destination.get_kind_display().split(' ')[0]} to {destination.target}"
+        errors[delivery.pk] = ""
+        prepared = prepare_message(destination, run, files)
+        if isinstance(prepared, str):  # nothing to send: no retry would change that
+            record_attempt(delivery.pk)
+            record_failed(delivery.pk, prepared)
+            errors[delivery.pk] = prepared
+        else:
+            sends.append((destination, delivery.pk, prepared))
+    for outcome in send_all(sends):
+        if outcome.step == "failed":
+            errors[outcome.delivery_id] = outcome.error
+    return [f"{labels[delivery_id]}: {error}" for delivery_id, error in errors.items() if error]
 
 
-def deliver_to(
-    destination: ReportDestination, delivery_id: int, run: JobRun, files: Sequence[ReportFile]
-) -> str:
-    """Deliver to one destination with retries; "" once sent, else the last error (recorded failed)."""
+def prepare_message(
+    destination: ReportDestination, run: JobRun, files: Sequence[ReportFile]
+) -> ReportMessage | str:
+    """What to send to ``destination``, or why there is nothing to send."""
     chosen = chosen_files(destination, files)
     if not chosen:
         produced = ", ".join(sorted({file.format for file in files})) or "no file"
-        error = f"this run produced {produced}; the destination takes only {', '.join(destination.formats)}"
-        record_attempt(delivery_id)
-        record_failed(delivery_id, error)
-        return error
+        return f"this run produced {produced}; the destination takes only {', '.join(destination.formats)}"
     try:
-        message = report_message(run, chosen)
+        return report_message(run, chosen)
     except Exception as exc:  # e.g. the download view's URL is not configured: a clear line, not a crash
-        error = f"cannot build the message: {type(exc).__name__}: {exc}"
-        record_attempt(delivery_id)
-        record_failed(delivery_id, error)
-        return error
-    sender = SENDERS[destination.kind]
-    allowed = attempts_allowed()
-    error = ""
-    for attempt in range(1, allowed + 1):
-        record_attempt(delivery_id)
-        try:
-            sender(destination, delivery_id, message)
-        except DeliveryError as exc:
-            error = str(exc)
-        except Exception as exc:  # not the receiver's answer (a stored file missing, ...): no retry helps
-            error = f"{type(exc).__name__}: {exc}"
-            logger.exception("report delivery %s failed", delivery_id)
-            break
-        else:
-            record_sent(delivery_id)
-            return ""
-        if attempt < allowed:
-            record_retry(delivery_id, error)
-            time.sleep(backoff_seconds(attempt))
-    record_failed(delivery_id, error)
-    return error
+        return f"cannot build the message: {type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One step of one delivery, as its sending thread reports it."""
+
+    delivery_id: int
+    step: str  # "attempt", "retry", "sent" or "failed" (the last two end the delivery)
+    error: str = ""
+
+
+RECORDERS: dict[str, Callable[[Outcome], bool]] = {
+    "attempt": lambda outcome: record_attempt(outcome.delivery_id),
+    "retry": lambda outcome: record_retry(outcome.delivery_id, outcome.error),
+    "sent": lambda outcome: record_sent(outcome.delivery_id),
+    "failed": lambda outcome: record_failed(outcome.delivery_id, outcome.error),
+}
+
+
+def send_all(sends: Sequence[tuple[ReportDestination, int, ReportMessage]]) -> list[Outcome]:
+    """Run ``attempt_delivery`` for each in its own thread; record every step here; the final outcomes."""
+    steps: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+    threads = [
+        threading.Thread(
+            target=attempt_delivery,
+            args=(destination, delivery_id, message, steps.put),
+            name=f"report-delivery-{delivery_id}",
+            daemon=True,  # a run ended by its hard limit does not wait for a hanging receiver
+        )
+        for destination, delivery_id, message in sends
+    ]
+    for thread in threads:
+        thread.start()
+    finals: list[Outcome] = []
+    while len(finals) < len(threads):
+        outcome = steps.get()
+        RECORDERS[outcome.step](outcome)
+        if outcome.step in ("sent", "failed"):
+            finals.append(outcome)
+    for thread in threads:
+        thread.join()
+    return finals
+
+
+def attempt_delivery(
+    destination: ReportDestination,
+    delivery_id: int,
+    message: ReportMessage,
+    report: Callable[[Outcome], None],
+) -> None:
+    """Try one destination up to ``attempts_allowed()`` times; ``report`` each step (no database here).
+
+    Always reports exactly one final step ("sent" or "failed"), whatever happens.
+    """
+    error = "the sender stopped unexpectedly"
+    try:
+        sender = SENDERS[destination.kind]
+        allowed = attempts_allowed()
+        for attempt in range(1, allowed + 1):
+            report(Outcome(delivery_id, "attempt"))
+            try:
+                sender(destination, delivery_id, message)
+            except DeliveryError as exc:
+                error = str(exc)
+            except Exception as exc:  # not the receiver's answer (a stored file missing, ...): no retry helps
+                error = f"{type(exc).__name__}: {exc}"
+                logger.exception("report delivery %s failed", delivery_id)
+                break
+            else:
+                report(Outcome(delivery_id, "sent"))
+                return
+            if attempt < allowed:
+                report(Outcome(delivery_id, "retry", error))
+                time.sleep(backoff_seconds(attempt))
+    except BaseException as exc:  # never leave the recording thread waiting
+        error = f"{type(exc).__name__}: {exc}"
+    report(Outcome(delivery_id, "failed", error))

@@ -208,6 +208,28 @@ def test_a_receiver_that_always_fails_fails_the_delivery_with_its_answer(run, sc
     assert (again.status, again.attempts) == ("sent", 4)
 
 
+def test_a_destination_that_hangs_delays_no_other(run, schedule, slack, webhook, settings):
+    settings.ALERT_SEND_TIMEOUT = 0.5  # every call to a receiver gives up after this
+    slack.delay = 1.0  # answers after the sender gave up: every try times out
+    ReportDestination.objects.create(schedule=schedule, kind="slack", target=slack.url)  # first in order
+    ReportDestination.objects.create(schedule=schedule, kind="webhook", target=webhook.url, secret=SECRET)
+    csv = stored(run, "csv", CSV, rows=2)
+
+    [error] = deliver_report(run.pk, [csv])
+
+    assert error.startswith(f"Slack to {slack.url}: cannot reach {slack.url}") and "timed out" in error
+    [sent] = webhook.accepted()
+    deadline = time.monotonic() + 5
+    while len(slack.requests) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the receiver keeps a request once its (late) answer is written
+    slack_tries = sorted(r.at for r in slack.requests)
+    assert len(slack_tries) == 3
+    assert sent.at < slack_tries[1]  # sent while Slack's first try was still hanging, not after its three
+    assert ReportDelivery.objects.get(kind="webhook").status == "sent"
+    hung = ReportDelivery.objects.get(kind="slack")
+    assert (hung.status, hung.attempts) == ("failed", 3)
+
+
 def test_slack_gets_a_message_with_download_buttons(run, schedule, slack):
     ReportDestination.objects.create(schedule=schedule, kind="slack", target=slack.url, formats=["csv"])
     csv = stored(run, "csv", CSV, rows=2)
