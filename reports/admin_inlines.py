@@ -87,7 +87,7 @@ class ReportDestinationInline(admin.TabularInline):
     formset = ReportDestinationFormSet
     extra = 0
     verbose_name = "report destination"
-    verbose_name_plural = "Report destinations (where each run's report is sent)"
+    verbose_name_plural = "Report destinations (report jobs only: where each run's files are sent)"
 
 
 def add_destinations_to_schedule_admin(site: admin.AdminSite = admin.site) -> None:

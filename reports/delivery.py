@@ -13,7 +13,10 @@ run, retried with it and alerted on like any failure.
 - A run without a schedule, or a schedule without enabled destinations,
   delivers nothing and returns ``[]``.
 - A delivery already ``sent`` is not sent again when the run is retried; a
-  ``failed`` one is reopened (its attempts keep counting).
+  ``failed`` one is reopened (its attempts keep counting). Delivery is at
+  least once: a run killed between a receiver's taking the message and the
+  ``sent`` write sends it again on retry (the webhook's delivery id is the
+  same, for receivers that deduplicate).
 - Which files: the destination's ``formats``, or all of them when empty. A
   destination asking only for renderings the run did not produce fails with
   a message saying which it did produce.
