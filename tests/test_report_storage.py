@@ -28,7 +28,7 @@ from reports.cleanup import delete_expired_reports, delete_stray_parts
 from reports.models import ReportFile
 from reports.storage import ReportMeta, reports_storage, store_report
 from tests.support import report_storage
-from tests.support.report_storage import stored_files
+from tests.support.report_storage import StorageFull, stored_files
 from tests.support.s3_server import moto_server_command, s3_server
 
 reports_dir = report_storage.reports_dir  # a fixture: the reports storage in a temporary directory
@@ -97,6 +97,23 @@ def test_a_report_whose_rows_fail_midway_leaves_no_file_and_no_row(reports_dir, 
     assert not ReportFile.objects.exists()
 
 
+def test_a_storage_failing_after_some_files_were_saved_leaves_none_of_them(settings, tmp_path, run):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "reports": {
+            "BACKEND": "tests.support.report_storage.FillingUpStorage",
+            "OPTIONS": {"location": str(tmp_path), "room_for": 2},
+        },
+    }
+
+    with pytest.raises(StorageFull):
+        store(run)  # csv and json are saved, html is not
+
+    assert stored_files(tmp_path) == []
+    assert not ReportFile.objects.exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite does not enforce a column's length")
 def test_a_failure_after_the_files_were_saved_deletes_them(reports_dir, run):
     # A name longer than ReportFile.report holds: the files save, then the insert fails.
     too_long = "reports." + "x" * 240
@@ -378,6 +395,7 @@ def test_on_an_s3_storage_reports_are_stored_served_and_cleaned_up(s3_bucket, ru
     assert not ReportFile.objects.exists()
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite does not enforce a column's length")
 def test_on_an_s3_storage_a_failed_report_leaves_no_object(s3_bucket, run):
     client, bucket = s3_bucket
 
