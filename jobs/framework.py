@@ -438,6 +438,8 @@ class JobTask(Task):
 
     def _call_with_progress(self, run_id: str, args: tuple, kwargs: dict) -> Any:
         """The job body, with ``report_progress`` writing to ``run_id``; its last figure flushed after."""
+        if self.request.is_eager:
+            return self.run(*args, **kwargs)  # apply(): report_progress does nothing, as documented
         progress.begin(run_id)
         try:
             return self.run(*args, **kwargs)
@@ -452,8 +454,10 @@ class JobTask(Task):
         (``runs.note_waiting``) and the message sent again 1-3 s later, the
         same task id and retry count, its queue, priority, limits, deadline
         and our headers (``jobs.sendonly.messages``) kept; this delivery is
-        acknowledged (``Ignore``). A run that already ended is not sent
-        again; one past its deadline is recorded ``missed``.
+        acknowledged (``Ignore``). A message with no run row yet (the
+        send-only client's) gets its row now, from its headers. A run that
+        already ended is not sent again; one past its deadline is recorded
+        ``missed``.
         """
         limit = self.max_concurrency
         if not limit or request.is_eager:
@@ -464,7 +468,19 @@ class JobTask(Task):
         if admission:
             return Place(holder=request.id, new=admission.new)
         reason = f"a concurrency place: {self.name} runs at most {limit} at once ({admission.held} running)"
-        if not runs.note_waiting(request.id, reason):
+        noted = runs.note_waiting(request.id, reason)
+        if not noted and runs.run_pk(request.id) and runs.current_status(request.id) is None:
+            # A send-only client's message, no row yet: record its run now, so its page shows the wait.
+            runs.record_message_run(
+                request.id,
+                job=self.name,
+                args=args,
+                kwargs=kwargs,
+                queue=(request.delivery_info or {}).get("routing_key") or "",
+                message=request,
+            )
+            noted = runs.note_waiting(request.id, reason)
+        if not noted:
             status = runs.current_status(request.id)
             if status is not None and status not in ACTIVE_STATUSES:
                 logger.info("%s[%s]: its run already ended (%s); job not run", self.name, request.id, status)
@@ -475,8 +491,8 @@ class JobTask(Task):
                 runs.record_missed(request.id, deadline.isoformat() if deadline else "?")
                 logger.info("%s[%s]: waited past its deadline; run recorded missed", self.name, request.id)
                 raise Ignore()
-            # No row yet (a send-only client's message), or running on a dead
-            # worker (the copy takes it over once it has a place): wait too.
+            # Running on a dead worker (the copy takes the attempt over once it
+            # has a place), or a plain Celery task id: wait too.
         countdown = random.uniform(WAIT_MIN_SECONDS, WAIT_MAX_SECONDS)  # noqa: S311 (jitter, not secrets)
         self.signature_from_request(
             request,

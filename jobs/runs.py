@@ -229,6 +229,27 @@ def _run_of_message(
     return run
 
 
+def record_message_run(
+    run_id: str,
+    *,
+    job: str,
+    args: list | tuple = (),
+    kwargs: dict | None = None,
+    queue: str = "",
+    message: Any = None,
+    now: datetime | None = None,
+) -> JobRun:
+    """The message's run: its row, or one inserted ``queued`` from the message (``unseen_run_fields``).
+
+    For a message that waits before it starts (its job's ``max_concurrency``)
+    and has no row yet (the send-only client's): recorded now, the run's page
+    shows it waiting. The insert is guarded (``get_or_create`` on the run id),
+    so two copies make one row; ``start_run`` then finds it as any other.
+    """
+    now = now or timezone.now()
+    return _run_of_message(run_id, job=job, args=args, kwargs=kwargs, queue=queue, message=message, now=now)
+
+
 def unseen_run_fields(message: Any) -> dict[str, Any]:
     """What a run the worker records from its message (no row yet) takes from the message's headers.
 

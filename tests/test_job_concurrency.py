@@ -334,7 +334,13 @@ def test_a_send_only_clients_waiting_message_keeps_its_origin(worker, catalog, c
     with Client(settings.CELERY_BROKER_URL, service="billing", catalog_ttl=0) as client:
         call = client.dispatch(LIMITED, kwargs={"seconds": 0})
     worker.wait_for_log(f"{LIMITED}[{call.run_id}]: waits for", timeout=30)
-    assert not JobRun.objects.filter(pk=call.run_id).exists()  # recorded when it starts
+    waiting = JobRun.objects.get(pk=call.run_id)  # recorded from its message when it first waited
+    assert (waiting.status, waiting.origin, waiting.requested_by) == (
+        RunStatus.QUEUED,
+        RunOrigin.CLIENT,
+        "billing",
+    )
+    assert waiting.waiting_since is not None and waiting.waiting_for.startswith("a concurrency place")
     concurrency.release(holders[0])
 
     run = wait_for_run(call.run_id, timeout=60)
