@@ -4,7 +4,9 @@
 call, every ``ReportFile`` whose ``expires_at`` has passed: the file from the
 reports storage first, then the row, so a failure in between leaves a row
 the next call deletes again, never a file nobody knows of. A file already
-gone from the storage is fine. It also deletes the stray part directories
+gone from the storage is fine; one the storage refuses to delete keeps its
+row without stopping the others, and the call then raises
+``FilesNotDeleted`` (the cleanup run fails, so alerting tells someone). It also deletes the stray part directories
 (``parts/<run_id>/``) whose newest file is more than a day old: a chunked
 report's merge deletes its parts, so only a crashed one leaves them, and no
 report runs for a day (hard limits stay within the broker's redelivery
@@ -36,19 +38,38 @@ PARTS_DIRECTORY = "parts"
 STRAY_PARTS_AFTER = timedelta(days=1)
 
 
-def delete_report_files(files: Iterable[ReportFile]) -> int:
-    """Delete each file from the reports storage, then the rows; how many rows were deleted.
+class FilesNotDeleted(Exception):
+    """Some report files could not be deleted from the storage; their rows were kept."""
 
-    A file the storage no longer has is skipped; a storage that fails
-    raises, and its row stays (the cleanup tries it again next time).
+
+def delete_report_files(files: Iterable[ReportFile]) -> int:
+    """Delete each file from the reports storage, then the rows of those deleted; how many rows.
+
+    A file the storage no longer has counts as deleted. A file the storage
+    refuses keeps its row (the cleanup tries it again next time) without
+    stopping the others; then ``FilesNotDeleted`` is raised once the others'
+    rows are gone, so the run fails and an operator hears of it.
     """
     files = list(files)
     if not files:
         return 0
     storage = reports_storage()
+    done: list[int] = []
+    errors: list[str] = []
     for report_file in files:
-        storage.delete(report_file.storage_name)  # FileSystemStorage and S3 ignore a missing name
-    deleted, _ = ReportFile.objects.filter(pk__in=[f.pk for f in files]).delete()
+        try:
+            storage.delete(report_file.storage_name)  # FileSystemStorage and S3 ignore a missing name
+        except Exception as exc:
+            logger.warning("report file %s could not be deleted: %s", report_file.storage_name, exc)
+            errors.append(f"{report_file.storage_name}: {exc}")
+        else:
+            done.append(report_file.pk)
+    deleted, _ = ReportFile.objects.filter(pk__in=done).delete()
+    if errors:
+        raise FilesNotDeleted(
+            f"{len(errors)} of {len(files)} report files could not be deleted from the reports storage "
+            f"(their rows are kept; {deleted} deleted); first: {errors[0]}"
+        )
     return deleted
 
 

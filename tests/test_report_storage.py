@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from jobs.models import JobRun, RunStatus
 from reports import cleanup
-from reports.cleanup import delete_expired_reports, delete_stray_parts
+from reports.cleanup import FilesNotDeleted, delete_expired_reports, delete_stray_parts
 from reports.models import ReportFile
 from reports.storage import ReportMeta, reports_storage, store_report
 from tests.support import report_storage
@@ -194,6 +194,28 @@ def test_cleanup_deletes_expired_files_and_their_rows_and_keeps_fresh_ones(repor
     assert list(ReportFile.objects.values_list("pk", flat=True)) == [kept[0].pk]
     assert stored_files(reports_dir) == [kept[0].storage_name]
     assert delete_expired_reports(now=now) == 0
+
+
+def test_a_file_the_storage_refuses_to_delete_keeps_its_row_and_fails_the_cleanup(reports_dir):
+    now = timezone.now()
+    files = [
+        store(
+            JobRun.objects.create(job=REPORT, status=RunStatus.SUCCEEDED, scheduled_for=now), formats=["csv"]
+        )[0]
+        for _ in range(3)
+    ]
+    ReportFile.objects.update(expires_at=now - timedelta(days=1))
+    stuck = files[1]
+    # The storage cannot delete this name: it became a directory with something in it.
+    (reports_dir / stuck.storage_name).unlink()
+    (reports_dir / stuck.storage_name).mkdir()
+    (reports_dir / stuck.storage_name / "something").write_bytes(b"x")
+
+    with pytest.raises(FilesNotDeleted, match=r"1 of 3 report files could not be deleted .*2 deleted"):
+        delete_expired_reports(now=now)
+
+    assert list(ReportFile.objects.values_list("pk", flat=True)) == [stuck.pk]
+    assert stored_files(reports_dir) == [f"{stuck.storage_name}/something"]
 
 
 def test_cleanup_deletes_part_directories_of_crashed_reports_after_a_day(reports_dir):
