@@ -443,3 +443,18 @@ def test_a_run_that_waits_past_its_deadline_is_recorded_missed(worker, catalog, 
     assert ended.started_at is None
     assert ended.waiting_since is not None  # it waited, then its deadline passed
     assert set(ConcurrencyLease.objects.filter(key=LIMITED).values_list("holder", flat=True)) == set(holders)
+
+
+@pytest.mark.slow
+def test_a_long_run_keeps_its_place_renewed_by_its_worker(worker, catalog, clean_queues):
+    run = dispatch(LIMITED, kwargs={"seconds": 12})  # twice the workers' lease TTL (3 x 2 s)
+    started = wait_for_run(run.pk, statuses={RunStatus.RUNNING}, timeout=30)
+    lease = ConcurrencyLease.objects.get(holder=str(run.pk))
+    assert (lease.key, lease.worker) == (LIMITED, started.worker)
+
+    deadline = time.monotonic() + 20
+    while ConcurrencyLease.objects.get(holder=str(run.pk)).expires_at <= lease.expires_at:
+        assert time.monotonic() < deadline, "the lease was never renewed"
+        time.sleep(0.2)
+    assert wait_for_run(run.pk, timeout=60).status == RunStatus.SUCCEEDED
+    wait_for_no_places(str(run.pk))
