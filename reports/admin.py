@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import FileResponse, HttpRequest
@@ -28,7 +28,7 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from reports.cleanup import delete_report_files
+from reports.cleanup import FilesNotDeleted, delete_report_files
 from reports.models import ReportFile
 from reports.storage import file_response
 
@@ -151,7 +151,10 @@ class ReportFileAdmin(admin.ModelAdmin):
         return file_response(report_file)
 
     def delete_model(self, request: HttpRequest, obj: ReportFile) -> None:
-        delete_report_files([obj])
+        self.delete_queryset(request, ReportFile.objects.filter(pk=obj.pk))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        delete_report_files(queryset)
+        try:
+            delete_report_files(queryset)
+        except FilesNotDeleted as exc:
+            messages.error(request, str(exc))

@@ -444,3 +444,15 @@ def test_the_file_list_costs_the_same_queries_at_any_size(alices_client, reports
         store(run, formats=["csv", "json"], report=f"reports.r{index % 5}")
 
     assert page_queries() == small
+
+
+def test_deleting_files_from_the_list_deletes_them_from_the_storage(alices_client, stored, reports_dir):
+    chosen = [stored["csv"], stored["xlsx"]]
+
+    response = alices_client.post(
+        LIST, {"action": "delete_selected", "_selected_action": [f.pk for f in chosen], "post": "yes"}
+    )
+
+    assert response.status_code == 302
+    assert set(ReportFile.objects.values_list("format", flat=True)) == {"json", "html"}
+    assert stored_files(reports_dir) == sorted([stored["json"].storage_name, stored["html"].storage_name])
