@@ -9,7 +9,8 @@
 - **Limits before storage.** More than ``REPORT_MAX_ROWS`` rows (5,000,000
   by default), or more than XLSX takes, raises ``ReportTooLarge`` as the
   first row over the limit arrives; a row whose length is not the number
-  of columns raises ``ValueError``. Either way nothing is saved.
+  of columns raises ``ValueError`` (a dict or a string instead of a list:
+  ``TypeError``). Either way nothing is saved.
 - **All or nothing.** The files are saved (a chunked copy from the local
   file, ``Storage.save``) under ``<report>/<YYYY>/<MM>/<run_id>.<ext>``, then
   their ``ReportFile`` rows are inserted in one transaction. If a save or
@@ -31,7 +32,7 @@ import logging
 import re
 import tempfile
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,12 @@ def render(
                     report=report,
                     format=None,
                     limit=limit,
+                )
+            if count == 1 and isinstance(row, (str, bytes, Mapping)):
+                # Its length may even match: it would be written as characters or keys, silently.
+                raise TypeError(
+                    f"report {report}: a row is a {type(row).__name__}; rows are lists or tuples "
+                    f"of values in the order of the columns"
                 )
             if len(row) != width:
                 raise ValueError(f"report {report}: row {count:,} has {len(row)} values for {width} columns")

@@ -151,6 +151,8 @@ def test_bad_formats_and_rows_of_the_wrong_width_are_refused(reports_dir, run):
     assert read == []  # refused before any row was read
     with pytest.raises(ValueError, match=r"report reports.orders: row 2 has 3 values for 2 columns"):
         store(run, rows=[["Ada", 3], ["Grace", 5, "extra"]])
+    with pytest.raises(TypeError, match="a row is a dict; rows are lists or tuples"):
+        store(run, rows=[{"customer": "Ada", "orders": 3}])
     assert stored_files(reports_dir) == [] and not ReportFile.objects.exists()
 
 
