@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,7 +57,7 @@ from reports.definitions import (
     bind_parameters,
     call_with,
 )
-from reports.outputs import CountedRows, meta_for, store_and_deliver
+from reports.outputs import PROGRESS_INTERVAL, CountedRows, meta_for, store_and_deliver
 from reports.sources import check_select_only, plan_chunks, read_only_rows
 
 __all__ = ["Window", "report", "sql_report"]
@@ -280,7 +281,7 @@ def run_report(spec: ReportSpec, run_id: Any, args: tuple, kwargs: dict[str, Any
         )
     source = call_with(spec.source, window, values)
     if isinstance(source, QuerySet):
-        plan = plan_chunks(source, spec.chunk_size) if spec.chunk_size else None
+        plan = plan_chunks(source, spec.chunk_size, planning_progress(run_id)) if spec.chunk_size else None
         if plan is not None:
             runs.record_progress(run_id, done=0, total=plan.total_rows, message=f"{len(plan.ranges)} chunks")
             chunking.send_chunks(spec, run_id, window, values, plan)
@@ -290,6 +291,19 @@ def run_report(spec: ReportSpec, run_id: Any, args: tuple, kwargs: dict[str, Any
         progress = progress_writer(run_id, total=source.count())
     rows = call_with(spec.body, window, values, source)
     return store_and_deliver(spec, run_id, columns=spec.columns, rows=CountedRows(rows, progress), meta=meta)
+
+
+def planning_progress(run_id: Any) -> Callable[[int], Any]:
+    """While a large input is split: a progress message at most once a second."""
+    last_write = time.monotonic()
+
+    def write(boundaries: int) -> None:
+        nonlocal last_write
+        if time.monotonic() - last_write >= PROGRESS_INTERVAL:
+            runs.record_progress(run_id, done=0, message=f"planning: {boundaries} chunks of rows so far")
+            last_write = time.monotonic()
+
+    return write
 
 
 def progress_writer(run_id: Any, *, total: int | None) -> Callable[[int, bool], Any]:

@@ -28,7 +28,7 @@ SQL sources (``check_select_only``, ``read_only_rows``):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -68,11 +68,15 @@ class ChunkPlan:
     total_rows: int
 
 
-def plan_chunks(queryset: QuerySet, chunk_size: int) -> ChunkPlan | None:
+def plan_chunks(
+    queryset: QuerySet, chunk_size: int, on_boundary: Callable[[int], Any] | None = None
+) -> ChunkPlan | None:
     """Split ``queryset`` into pk ranges of at most ``chunk_size`` rows; ``None`` if it fits in one.
 
     ``total_rows`` is exact at planning time: ``chunk_size`` per closed
-    range plus one bounded COUNT of the open last one.
+    range plus one bounded COUNT of the open last one. ``on_boundary(n)``
+    is called after each boundary found (planning a million rows takes
+    seconds: the caller may say so).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be 1 or more, got {chunk_size}")
@@ -84,6 +88,8 @@ def plan_chunks(queryset: QuerySet, chunk_size: int) -> ChunkPlan | None:
         if boundary is None:
             break
         boundaries.append(boundary)
+        if on_boundary is not None:
+            on_boundary(len(boundaries))
     if not boundaries:
         return None
     rest = keys.filter(pk__gt=boundaries[-1]).count()

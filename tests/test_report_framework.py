@@ -362,3 +362,47 @@ def test_a_report_cannot_take_a_window_parameter_of_its_own():
 
     with pytest.raises(ValueError, match="window_hours"):
         report(f"tests.reports.refused.{uuid4()}", columns=["a"])(body)
+
+
+def test_a_report_s_max_concurrency_is_its_job_s():
+    def body(window: Window):
+        """A report that reads a replica."""
+        yield from ()
+
+    name = f"tests.reports.capped.{uuid4()}"
+    report(name, columns=["a"], max_concurrency=2)(body)
+
+    assert JOB_SPECS[name].max_concurrency == 2
+
+
+def test_a_report_stored_but_not_delivered_fails_its_run_and_keeps_its_files(settings):
+    from django_celery_beat.models import CrontabSchedule, PeriodicTask
+
+    from reports.models import ReportDestination
+    from reports.outputs import ReportDeliveryFailed
+    from tests.support.processes import free_port
+
+    settings.REPORT_DELIVERY_ATTEMPTS = 1
+    publish_catalog(worker="tests")
+    crontab = CrontabSchedule.objects.create(
+        minute="0", hour="7", day_of_week="1-5", timezone="Europe/Berlin"
+    )
+    schedule = PeriodicTask.objects.create(
+        name="weekday squares", task="tests.reports.no_source", crontab=crontab
+    )
+    nobody_listens = f"http://127.0.0.1:{free_port()}/hook"
+    ReportDestination.objects.create(
+        schedule=schedule,
+        kind="webhook",
+        target=nobody_listens,
+        secret="a signing secret, 32 characters",
+        formats=["csv"],
+    )
+    run = running_run("tests.reports.no_source")
+    JobRun.objects.filter(pk=run.pk).update(schedule=schedule)
+
+    with pytest.raises(ReportDeliveryFailed) as failed:
+        run_report(REPORTS["tests.reports.no_source"], run.pk, (), {})
+
+    assert str(failed.value).startswith("report stored (1 file); delivery failed: ")
+    assert csv_of(run)[0] == ["n", "square"]  # the file stays, for whoever fetches it
