@@ -74,12 +74,9 @@ class ReportTooLarge(Exception):
         self.limit = limit
 
 
-def html_max_rows() -> int:
-    return int(getattr(settings, "REPORT_HTML_MAX_ROWS", 10_000))
-
-
 def xlsx_max_rows() -> int:
-    return min(int(getattr(settings, "REPORT_XLSX_MAX_ROWS", XLSX_SHEET_MAX_ROWS)), XLSX_SHEET_MAX_ROWS)
+    """``REPORT_XLSX_MAX_ROWS``, never above what a sheet holds (a test may lower it)."""
+    return min(settings.REPORT_XLSX_MAX_ROWS, XLSX_SHEET_MAX_ROWS)
 
 
 # --- values -----------------------------------------------------------------------
@@ -248,7 +245,7 @@ class HtmlRendering(Rendering):
 
     def __init__(self, path: Path, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
-        self.limit = html_max_rows()
+        self.limit = settings.REPORT_HTML_MAX_ROWS
         self.seen = 0
         self.body_path = path.with_name(path.name + ".rows")
         self.body = self.body_path.open("w", encoding="utf-8")

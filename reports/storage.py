@@ -65,15 +65,12 @@ def reports_storage() -> Storage:
     return storages[STORAGE_ALIAS]
 
 
-def report_max_rows() -> int:
-    return int(getattr(settings, "REPORT_MAX_ROWS", 5_000_000))
-
-
 def retention() -> timedelta:
-    return timedelta(days=int(getattr(settings, "REPORT_RETENTION_DAYS", 30)))
+    return timedelta(days=settings.REPORT_RETENTION_DAYS)
 
 
 UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+NAME_MAX_LENGTH = ReportFile._meta.get_field("storage_name").max_length
 
 
 def storage_name(report: str, run_id: Any, extension: str, at: datetime) -> str:
@@ -116,7 +113,7 @@ def render(
     meta: ReportMeta,
 ) -> list[tuple[Rendering, int]]:
     """Write every rendering in one pass over ``rows``; each finished one with its row count."""
-    limit = report_max_rows()
+    limit = settings.REPORT_MAX_ROWS
     width = len(columns)
     renderings: list[Rendering] = []
     try:
@@ -164,7 +161,11 @@ def save(
         for rendering, rows in renderings:
             with rendering.path.open("rb") as local:
                 # File.chunks() feeds the storage 64 KiB at a time (S3: a multipart upload).
-                name = storage.save(storage_name(report, file_id, rendering.extension, now), File(local))
+                name = storage.save(
+                    storage_name(report, file_id, rendering.extension, now),
+                    File(local),
+                    max_length=NAME_MAX_LENGTH,
+                )
             saved.append(name)
             files.append(
                 ReportFile(
