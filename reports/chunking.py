@@ -28,7 +28,9 @@ result backend, Redis, counts the parts; there is no barrier of ours).
   off as the whole report.
 
 Either way the parts are deleted and the chunks' results are removed from
-the result backend (its keys do not expire) before the run ends. A merge
+the result backend (its keys do not expire) before the run ends; after a
+failure, what Celery keeps of the failed chord is removed a few seconds
+later (``forget_failed_chord``). A merge
 that dies with its worker leaves the parts; ``reports.cleanup`` removes
 stray part folders after a day.
 """
@@ -64,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 RETRY_BACKOFF_SECONDS = 2
 RETRY_BACKOFF_MAX_SECONDS = 60
+FORGET_FAILED_CHORD_AFTER = 5  # seconds; Celery stores the chord's failure once its error callback returned
 
 
 class ChunkFailed(Exception):
@@ -154,6 +157,14 @@ def chunk_task_id(run_id: Any, index: int) -> str:
     return f"{run_id}.chunk.{index}"
 
 
+def chunks_group_id(run_id: Any) -> str:
+    return f"{run_id}.chunks"
+
+
+def merge_task_id(run_id: Any) -> str:
+    return f"{run_id}.merge"
+
+
 def json_key(value: Any) -> Any:
     """A primary key as JSON (an integer stays one; a UUID or other becomes its text)."""
     return value if value is None or isinstance(value, int | str) else str(value)
@@ -204,7 +215,9 @@ def send_chunks(
     errback = chunks_failed.signature(
         kwargs={"report": spec.name, "run_id": str(run_id), "chunks": described}
     )
-    chord(group(headers), callback.on_error(errback)).apply_async()
+    chord(group(headers, task_id=chunks_group_id(run_id)), callback.on_error(errback)).apply_async(
+        task_id=merge_task_id(run_id)
+    )
 
 
 def chunk_name(index: int, count: int, pk_range: PkRange) -> str:
@@ -351,9 +364,28 @@ def chunks_failed(
         delete_parts(reports_storage(), run_id)
     finally:
         forget_results(task_id for _i, task_id, _n in chunks)
+        # Celery records the chord's failure after this returns; forget it a little later.
+        forget_failed_chord.apply_async(
+            kwargs={"run_id": run_id}, countdown=FORGET_FAILED_CHORD_AFTER, queue=REPORTS[report].queue
+        )
         logger.error("report %s run %s: %s", report, run_id, message)
         end_continued_run(
             run_id,
             RunStatus.FAILED,
             error=runs.RunError(type=f"{__name__}.ChunkFailed", message=message, traceback=""),
         )
+
+
+@app.task(name="reports.forget_failed_chord")
+def forget_failed_chord(*, run_id: str) -> None:
+    """Remove what the result backend keeps of a failed chord (its keys never expire).
+
+    The callback's failure record, and on Redis the join keys Celery leaves
+    when a part failed (``<group>.j``, ``.d``, ``.t``, ``.s``).
+    """
+    app.AsyncResult(merge_task_id(run_id)).forget()
+    backend = app.backend
+    client = getattr(backend, "client", None)
+    if client is not None and hasattr(backend, "get_key_for_group"):
+        group_id = chunks_group_id(run_id)
+        client.delete(*(backend.get_key_for_group(group_id, suffix) for suffix in (".j", ".d", ".t", ".s")))

@@ -110,6 +110,7 @@ def test_a_chunked_report_runs_as_a_chord_with_progress_moving_while_it_runs(
     assert csv_rows(report_storage, done) == expected_csv(job_name, inputs)
     assert sorted(ReportFile.objects.filter(run=done).values_list("format", flat=True)) == ["csv", "json"]
     assert_cleaned_up(report_storage, redis_client, done, 3)
+    assert [k for k in redis_client.keys(f"*{run.pk}*") if redis_client.ttl(k) == -1] == []
 
 
 def test_a_chunk_past_its_soft_limit_is_retried_and_the_report_is_still_whole(
@@ -155,6 +156,10 @@ def test_a_chunk_that_keeps_failing_fails_the_report_cleanly(reports_ready, repo
     )
     assert not ReportFile.objects.filter(run=done).exists()  # never a partial file
     assert_cleaned_up(report_storage, redis_client, done, 3)
+    deadline = time.monotonic() + 30  # what Celery keeps of the failed chord goes a few seconds later
+    while redis_client.keys(f"*{run.pk}*") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert redis_client.keys(f"*{run.pk}*") == []
 
 
 def test_a_small_input_runs_inline_on_the_worker(reports_ready, report_storage):
