@@ -6,11 +6,12 @@ reports storage first, then the row, so a failure in between leaves a row
 the next call deletes again, never a file nobody knows of. A file already
 gone from the storage is fine; one the storage refuses to delete keeps its
 row without stopping the others, and the call then raises
-``FilesNotDeleted`` (the cleanup run fails, so alerting tells someone). It also deletes the stray part directories
-(``parts/<run_id>/``) whose newest file is more than a day old: a chunked
-report's merge deletes its parts, so only a crashed one leaves them, and no
-report runs for a day (hard limits stay within the broker's redelivery
-timeout).
+``FilesNotDeleted`` (the cleanup run fails, so alerting tells someone).
+
+It also deletes the stray part directories (``parts/<run_id>/``) whose
+newest file is more than a day old: a chunked report's merge deletes its
+parts, so only a crashed one leaves them, and no report runs for a day
+(hard limits stay within the broker's redelivery timeout).
 
 The job ``reports.cleanup`` (queue ``reports``) runs both until nothing
 expired is left; it is safe to run twice at once (deleting a deleted file or
