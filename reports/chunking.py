@@ -48,7 +48,7 @@ from decimal import Decimal
 from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
-from celery import chord, group
+from celery import chord
 from celery.utils.time import get_exponential_backoff_interval
 from django.core.files import File
 from django.core.files.storage import Storage
@@ -215,7 +215,8 @@ def send_chunks(
     errback = chunks_failed.signature(
         kwargs={"report": spec.name, "run_id": str(run_id), "chunks": described}
     )
-    chord(group(headers, task_id=chunks_group_id(run_id)), callback.on_error(errback)).apply_async(
+    # The chord's own task_id names its header group; apply_async's names the callback.
+    chord(headers, callback.on_error(errback), task_id=chunks_group_id(run_id)).apply_async(
         task_id=merge_task_id(run_id)
     )
 
