@@ -6,6 +6,8 @@ Digest: incidents opened and resolved through ``alerts.incidents``' own writers.
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,9 +16,11 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 
 from alerts import incidents
 from alerts.models import IncidentKind
+from jobs.framework import JOB_SPECS
 from jobs.models import JobDefinition, JobRun, RunStatus, WorkerPresence
 from reports.builtin.alert_digest import COLUMNS as DIGEST_COLUMNS
 from reports.builtin.alert_digest import alert_digest_rows
+from reports.builtin.run_summary import COLUMNS as RUN_SUMMARY_COLUMNS
 from reports.builtin.schedule_audit import (
     COLUMNS,
     LIMITS_INVALID,
@@ -28,6 +32,10 @@ from reports.builtin.schedule_audit import (
     UNUSABLE,
     schedule_audit_rows,
 )
+from reports.definitions import REPORTS
+from reports.framework import run_report
+from reports.models import ReportFile
+from reports.storage import reports_storage
 from scheduler.models import SchedulePolicy
 
 pytestmark = pytest.mark.django_db
@@ -273,3 +281,77 @@ def test_an_empty_window_has_no_digest_rows_and_a_reversed_one_is_refused(catalo
     assert digest() == {}
     with pytest.raises(ValueError, match="before it starts"):
         digest(DIGEST_END, DIGEST_START)
+
+
+# --- through the report framework --------------------------------------------------------------
+
+
+def csv_rows(run: JobRun) -> list[list[str]]:
+    file = ReportFile.objects.get(run=run, format="csv")
+    with reports_storage().open(file.storage_name, "rb") as fh:
+        return list(csv.reader(io.TextIOWrapper(fh, encoding="utf-8", newline="")))
+
+
+@pytest.mark.parametrize(
+    ("name", "columns"),
+    [
+        ("reports.run_summary", RUN_SUMMARY_COLUMNS),
+        ("reports.schedule_audit", COLUMNS),
+        ("reports.alert_digest", DIGEST_COLUMNS),
+    ],
+)
+def test_each_builtin_report_is_a_job_on_the_reports_queue_with_its_columns(name, columns):
+    spec = JOB_SPECS[name]
+
+    assert (spec.queue, spec.soft_time_limit, spec.hard_time_limit) == ("reports", 240, 300)
+    assert REPORTS[name].columns == columns
+    windowed = {p["name"] for p in spec.parameters} == {"window_hours", "window_start", "window_end"}
+    assert windowed is (name != "reports.schedule_audit")  # the audit is of now, not of a window
+
+
+def test_the_run_summary_runs_through_the_framework_and_stores_its_rows(catalog):
+    task = with_a_run(make_schedule("summarised"))
+    run = JobRun.objects.create(
+        job="reports.run_summary", status=RunStatus.RUNNING, scheduled_for=timezone.now(), attempt=1
+    )
+
+    result = run_report(REPORTS["reports.run_summary"], run.pk, (), {"window_hours": 2})
+
+    rows = csv_rows(run)
+    assert rows[0] == RUN_SUMMARY_COLUMNS
+    by_scope = {(r[0], r[3]): r for r in rows[1:]}
+    assert by_scope[("schedule", "summarised")][2] == str(task.pk)
+    assert {r[1] for r in rows[1:] if r[0] == "job"} == {"heartbeat", "reports.run_summary"}  # itself too
+    assert result["rows"] == len(rows) - 1
+    assert sorted(f["format"] for f in result["files"]) == ["csv", "html", "json"]
+
+
+def test_the_audit_runs_through_the_framework(catalog):
+    with_a_run(make_schedule("alone"))  # no live worker: one problem
+    run = JobRun.objects.create(
+        job="reports.schedule_audit", status=RunStatus.RUNNING, scheduled_for=timezone.now(), attempt=1
+    )
+
+    run_report(REPORTS["reports.schedule_audit"], run.pk, (), {})
+
+    rows = csv_rows(run)
+    assert rows[0] == COLUMNS
+    assert [(r[1], r[3]) for r in rows[1:] if r[1] == "alone"] == [("alone", UNSERVED)]
+
+
+def test_the_digest_runs_through_the_framework_with_an_explicit_window(catalog):
+    resolved(opened("queue:reports", IncidentKind.NO_WORKER, 1), 3)
+    run = JobRun.objects.create(
+        job="reports.alert_digest", status=RunStatus.RUNNING, scheduled_for=timezone.now(), attempt=1
+    )
+
+    run_report(
+        REPORTS["reports.alert_digest"],
+        run.pk,
+        (),
+        {"window_start": DIGEST_START.isoformat(), "window_end": DIGEST_END.isoformat()},
+    )
+
+    rows = csv_rows(run)
+    assert rows[0] == DIGEST_COLUMNS
+    assert [r[:2] + r[5:9] for r in rows[1:]] == [["queue:reports", "no_worker", "1", "1", "1", "7200.0"]]
