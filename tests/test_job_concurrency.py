@@ -458,3 +458,13 @@ def test_a_long_run_keeps_its_place_renewed_by_its_worker(worker, catalog, clean
         time.sleep(0.2)
     assert wait_for_run(run.pk, timeout=60).status == RunStatus.SUCCEEDED
     wait_for_no_places(str(run.pk))
+
+
+@pytest.mark.slow
+def test_a_failed_run_gives_back_its_place(worker, catalog, clean_queues):
+    run = dispatch(LIMITED, kwargs={"seconds": -1})  # the job refuses it: ValueError
+
+    ended = wait_for_run(run.pk, timeout=60)
+    assert (ended.status, ended.error_type) == (RunStatus.FAILED, "builtins.ValueError")
+    wait_for_no_places(str(run.pk))
+    assert worker.log().count(f"{LIMITED}[{run.pk}]: waits for") == 0
