@@ -120,6 +120,9 @@ def test_each_problem_is_found_on_its_schedule_and_healthy_ones_are_not_listed(l
         )
     )
 
+    every_400_days, _ = IntervalSchedule.objects.get_or_create(every=400, period=IntervalSchedule.DAYS)
+    with_a_run(make_schedule("every-400-days", interval=every_400_days))
+
     unserved = with_a_run(make_schedule("unserved"))
     SchedulePolicy.objects.filter(task=unserved).update(queue="audit-nowhere")
 
@@ -144,6 +147,8 @@ def test_each_problem_is_found_on_its_schedule_and_healthy_ones_are_not_listed(l
     assert "paused by bob until" in found["pause-ended"][0]["detail"]
     assert problems(found, "leap-day") == [RARE]
     assert "fires 1 time(s) in four years" in found["leap-day"][0]["detail"]
+    assert problems(found, "every-400-days") == [RARE]
+    assert found["every-400-days"][0]["detail"] == "every 400 days: less than once a year"
     assert problems(found, "unserved") == [UNSERVED]
     assert "'audit-nowhere'" in found["unserved"][0]["detail"]
     assert problems(found, "inverted") == [LIMITS_INVALID]
