@@ -171,9 +171,19 @@ def json_key(value: Any) -> Any:
 
 
 def send_chunks(
-    spec: ReportSpec, run_id: Any, window: Window | None, values: dict[str, Any], plan: ChunkPlan
+    spec: ReportSpec,
+    run_id: Any,
+    window: Window | None,
+    values: dict[str, Any],
+    plan: ChunkPlan,
+    *,
+    shown_parameters: dict[str, Any],
 ) -> None:
-    """Send the chord of the run's chunks; its callback or error callback ends the run."""
+    """Send the chord of the run's chunks; its callback or error callback ends the run.
+
+    ``values`` are the report's parameters (each chunk calls its source and
+    function with them); ``shown_parameters`` what its files show (the window's too).
+    """
     count = len(plan.ranges)
     window_json = window.to_json() if window else None
     headers = []
@@ -205,7 +215,7 @@ def send_chunks(
             "report": spec.name,
             "run_id": str(run_id),
             "window": window_json,
-            "parameters": values,
+            "parameters": shown_parameters,
             "chunk_ids": [task_id for _i, task_id, _d in described],
         },
         queue=spec.queue,

@@ -284,11 +284,13 @@ def run_report(spec: ReportSpec, run_id: Any, args: tuple, kwargs: dict[str, Any
         plan = plan_chunks(source, spec.chunk_size, planning_progress(run_id)) if spec.chunk_size else None
         if plan is not None:
             runs.record_progress(run_id, done=0, total=plan.total_rows, message=f"{len(plan.ranges)} chunks")
-            chunking.send_chunks(spec, run_id, window, values, plan)
+            chunking.send_chunks(spec, run_id, window, values, plan, shown_parameters=given)
             return RunContinues(f"{len(plan.ranges)} chunks, {plan.total_rows} rows")
         if not source.query.order_by:  # no order of its own (a model's default ordering is not one)
             source = source.order_by("pk")  # the order a chunked run of it gives
-        progress = progress_writer(run_id, total=source.count())
+        total = source.count()
+        runs.record_progress(run_id, done=0, total=total)  # the bar shows its size from the start
+        progress = progress_writer(run_id, total=total)
     rows = call_with(spec.body, window, values, source)
     return store_and_deliver(spec, run_id, columns=spec.columns, rows=CountedRows(rows, progress), meta=meta)
 
