@@ -15,7 +15,12 @@ result backend, Redis, counts the parts; there is no barrier of ours).
   limits (sent with its message). A failure, a soft limit included, is
   retried with exponential backoff up to the report's ``chunk_max_retries``;
   a retry adds to the progress only the rows beyond what earlier attempts
-  added. Past its retries it raises ``ChunkFailed`` ("chunk 3 of 20
+  added. A report with ``max_concurrency=N`` lets N of its chunks read at
+  once across all workers (``jobs.concurrency`` places under
+  ``<report>#chunks``, apart from its runs' places, which the parent run
+  holds until it ends); a chunk over the limit is sent again 1-3 s later
+  without holding a worker process and without counting an attempt.
+  Past its retries it raises ``ChunkFailed`` ("chunk 3 of 20
   (pk 150001–200000) failed after 3 attempts: …").
 - **The merge** (``merge_parts``) streams the parts in chunk order into
   ``reports.outputs.store_and_deliver`` (saying how far it got in the run's
@@ -40,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -53,7 +59,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from django.core.files import File
 from django.core.files.storage import Storage
 
-from jobs import runs
+from jobs import concurrency, runs
 from jobs.framework import end_continued_run
 from jobs.models import RunStatus
 from reports.definitions import REPORTS, ReportSpec, Window, call_with
@@ -66,6 +72,7 @@ logger = logging.getLogger(__name__)
 
 RETRY_BACKOFF_SECONDS = 2
 RETRY_BACKOFF_MAX_SECONDS = 60
+CHUNK_PLACE_WAIT_SECONDS = (1.0, 3.0)  # a chunk over its report's limit is sent again this much later
 FORGET_FAILED_CHORD_AFTER = 5  # seconds; Celery stores the chord's failure once its error callback returned
 
 
@@ -235,7 +242,15 @@ def chunk_name(index: int, count: int, pk_range: PkRange) -> str:
     return f"chunk {index + 1} of {count} ({pk_range.describe()})"
 
 
-@app.task(name="reports.chunk", bind=True, ignore_result=False, acks_late=True, reject_on_worker_lost=True)
+# max_retries=None: Celery's own count would include waits for a place; attempts are counted here.
+@app.task(
+    name="reports.chunk",
+    bind=True,
+    ignore_result=False,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+)
 def run_chunk(
     self: Any,
     *,
@@ -249,11 +264,17 @@ def run_chunk(
     parameters: dict[str, Any],
     total: int,
     counted: int = 0,
+    waits: int = 0,
 ) -> dict[str, Any]:
     """Write one chunk's part; retried on any failure, its soft limit included (see the module)."""
     spec = REPORTS[report]
     pk_range = PkRange(low, high)
     reported = counted  # rows of this chunk already in the run's progress (earlier attempts)
+    if spec.max_concurrency is not None and not take_chunk_place(self, spec, waits):
+        raise self.retry(
+            countdown=random.uniform(*CHUNK_PLACE_WAIT_SECONDS),  # noqa: S311 (jitter, not secrets)
+            kwargs={**self.request.kwargs, "waits": waits + 1},
+        )
 
     def add_progress(done: int, _finished: bool) -> None:
         nonlocal reported
@@ -269,7 +290,7 @@ def run_chunk(
         counted_rows = CountedRows(rows, add_progress)
         part = write_part(reports_storage(), run_id, index, counted_rows)
     except Exception as exc:
-        attempts = self.request.retries + 1
+        attempts = self.request.retries + 1 - waits  # waiting for a place is no attempt
         if attempts > spec.chunk_max_retries:
             raise ChunkFailed(
                 f"{chunk_name(index, count, pk_range)} failed after {attempts} "
@@ -277,7 +298,7 @@ def run_chunk(
             ) from exc
         countdown = get_exponential_backoff_interval(
             factor=RETRY_BACKOFF_SECONDS,
-            retries=self.request.retries,
+            retries=attempts - 1,
             maximum=RETRY_BACKOFF_MAX_SECONDS,
             full_jitter=True,
         )
@@ -292,10 +313,34 @@ def run_chunk(
         raise self.retry(
             exc=exc,
             countdown=countdown,
-            max_retries=spec.chunk_max_retries,
             kwargs={**self.request.kwargs, "counted": max(counted, reported)},
         ) from exc
+    finally:
+        if spec.max_concurrency is not None:
+            concurrency.release(chunk_place_holder(self))
     return {"index": index, "rows": counted_rows.done, "part": part}
+
+
+def chunk_places_key(report: str) -> str:
+    return f"{report}#chunks"
+
+
+def chunk_place_holder(task: Any) -> str:
+    return str(task.request.id)
+
+
+def take_chunk_place(task: Any, spec: ReportSpec, waits: int) -> bool:
+    """One of the report's chunk places (``max_concurrency``), held until the chunk ends."""
+    assert spec.max_concurrency is not None
+    admission = concurrency.acquire(
+        chunk_places_key(spec.name),
+        chunk_place_holder(task),
+        spec.max_concurrency,
+        task.request.hostname or "",
+    )
+    if not admission and waits % 10 == 0:
+        logger.info("report %s: a chunk waits for a place (%s held)", spec.name, admission.held)
+    return bool(admission)
 
 
 @app.task(name="reports.merge", acks_late=True)

@@ -68,6 +68,7 @@ class ReportSpec:
     chunk_soft_time_limit: int = 300
     chunk_hard_time_limit: int = 360
     chunk_max_retries: int = 2
+    max_concurrency: int | None = None  # runs at once; chunks reading at once, separately
     merge_soft_time_limit: int = 3600
     merge_hard_time_limit: int = 3900
 

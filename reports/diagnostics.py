@@ -67,6 +67,20 @@ runs_of_job_task = report(
     chunk_max_retries=2,
 )(runs_of_job)
 
+# One chunk reading at a time (and one run at a time): tests of chunk places.
+runs_of_job_one_chunk_at_a_time_task = report(
+    "reports.diagnostics.runs_of_job_one_chunk_at_a_time",
+    columns=COLUMNS,
+    source=runs_of,
+    chunk_size=1000,
+    formats=["csv"],
+    soft_time_limit=120,
+    hard_time_limit=150,
+    chunk_soft_time_limit=20,
+    chunk_hard_time_limit=30,
+    max_concurrency=1,
+)(runs_of_job)
+
 # The default chunk size and limits: bench/chunked_report.py's report over a million rows.
 runs_of_job_in_large_chunks_task = report(
     "reports.diagnostics.runs_of_job_in_large_chunks",

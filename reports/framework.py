@@ -89,7 +89,9 @@ def report(
     ``soft/hard_time_limit`` for the run itself (planning, or the whole
     inline report) and for the merge of a chunked one; ``chunk_*`` for each
     chunk, retried ``chunk_max_retries`` times with backoff.
-    ``max_concurrency`` caps the report's runs across all workers.
+    ``max_concurrency=N`` caps the report's runs across all workers at N,
+    and, separately, its chunks reading at once at N (a chunk over the limit
+    waits off the worker, not counted as an attempt).
     """
 
     def decorate(fn: Callable[..., Any]) -> JobTask:
@@ -110,6 +112,7 @@ def report(
             chunk_soft_time_limit=chunk_soft_time_limit,
             chunk_hard_time_limit=chunk_hard_time_limit,
             chunk_max_retries=chunk_max_retries,
+            max_concurrency=max_concurrency,
         )
         return register(spec, fn, soft_time_limit, hard_time_limit, max_concurrency)
 

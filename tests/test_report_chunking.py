@@ -200,3 +200,27 @@ def test_a_window_ending_before_it_starts_fails_the_run_at_once(reports_ready):
         "before it starts (2021-03-02T00:00:00+00:00)"
     )
     assert not ReportFile.objects.filter(run=done).exists()
+
+
+def test_a_report_s_max_concurrency_lets_that_many_of_its_chunks_read_at_once(reports_ready, report_storage):
+    from jobs.models import ConcurrencyLease
+    from reports.chunking import chunk_places_key
+
+    report = "reports.diagnostics.runs_of_job_one_chunk_at_a_time"  # max_concurrency=1, chunks of 1,000
+    job_name, inputs = input_runs(3 * CHUNK_SIZE)
+
+    run = dispatch(report, kwargs={"job_name": job_name, "pause_per_row": 0.0005, **WINDOW})
+    held: list[int] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        held.append(ConcurrencyLease.objects.filter(key=chunk_places_key(report)).count())
+        if JobRun.objects.filter(pk=run.pk, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).exists():
+            time.sleep(0.05)
+            continue
+        break
+    done = wait_for_run(run.pk, timeout=5)
+
+    assert done.status == RunStatus.SUCCEEDED, done.error_message
+    assert max(held) == 1  # chunks read one at a time, on a worker with two processes
+    assert csv_rows(report_storage, done)[1:] == expected_csv(job_name, inputs)[1:]
+    assert not ConcurrencyLease.objects.filter(key=chunk_places_key(report)).exists()  # all given back
