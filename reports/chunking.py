@@ -58,6 +58,7 @@ from celery import chord
 from celery.utils.time import get_exponential_backoff_interval
 from django.core.files import File
 from django.core.files.storage import Storage
+from django.db import close_old_connections
 
 from jobs import concurrency, runs
 from jobs.framework import end_continued_run
@@ -401,6 +402,7 @@ def chunks_failed(
     child, or its main process for a hard limit) with the ``ChordError``
     naming the failed chunk's task. Nothing is stored; the parts are deleted.
     """
+    close_old_connections()  # in the worker's main process (a hard limit) it may have sat idle
     message = f"report {report}: {exc}"
     text = str(exc)
     for _index, task_id, name in chunks:
@@ -422,7 +424,9 @@ def chunks_failed(
         forget_results(task_id for _i, task_id, _n in chunks)
         # Celery records the chord's failure after this returns; forget it a little later.
         forget_failed_chord.apply_async(
-            kwargs={"run_id": run_id}, countdown=FORGET_FAILED_CHORD_AFTER, queue=REPORTS[report].queue
+            kwargs={"run_id": run_id, "chunk_ids": [task_id for _i, task_id, _n in chunks]},
+            countdown=FORGET_FAILED_CHORD_AFTER,
+            queue=REPORTS[report].queue,
         )
         logger.error("report %s run %s: %s", report, run_id, message)
         end_continued_run(
@@ -433,13 +437,15 @@ def chunks_failed(
 
 
 @app.task(name="reports.forget_failed_chord")
-def forget_failed_chord(*, run_id: str) -> None:
+def forget_failed_chord(*, run_id: str, chunk_ids: list[str]) -> None:
     """Remove what the result backend keeps of a failed chord (its keys never expire).
 
-    The callback's failure record, and on Redis the join keys Celery leaves
-    when a part failed (``<group>.j``, ``.d``, ``.t``, ``.s``).
+    The callback's failure record, the chunks' results (again: a chunk
+    killed at its hard limit has its failure stored by the worker's main
+    process after the error callback ran), and on Redis the join keys
+    Celery leaves when a part failed (``<group>.j``, ``.d``, ``.t``, ``.s``).
     """
-    app.AsyncResult(merge_task_id(run_id)).forget()
+    forget_results([merge_task_id(run_id), *chunk_ids])
     backend = app.backend
     client = getattr(backend, "client", None)
     if client is not None and hasattr(backend, "get_key_for_group"):

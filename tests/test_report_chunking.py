@@ -170,6 +170,40 @@ def test_a_chunk_that_keeps_failing_fails_the_report_cleanly(reports_ready, repo
     assert lasting_keys(redis_client) - lasting_before == set()
 
 
+def test_a_chunk_killed_at_its_hard_limit_fails_the_report_cleanly(
+    reports_ready, report_storage, redis_client
+):
+    job_name, inputs = input_runs(3 * CHUNK_SIZE)
+    failing = next(i for i, r in enumerate(inputs) if r.attempt == 1500)
+    chunk = failing // CHUNK_SIZE + 1
+    once = f"tests:report-stall:{uuid4()}"
+    lasting_before = lasting_keys(redis_client)
+
+    run = dispatch(
+        REPORT,
+        kwargs={
+            "job_name": job_name,
+            "stall_at_attempt": 1500,
+            "stall_once_key": once,
+            "stall_past_soft_limit": True,
+            **WINDOW,
+        },
+    )
+    done = wait_for_run(run.pk, timeout=90)
+
+    # Killed by its 10 s hard limit: Celery records the failure from the worker's main process,
+    # which calls the chord's error callback there.
+    assert done.status == RunStatus.FAILED
+    assert done.error_message.startswith(f"chunk {chunk} of 3 (pk "), done.error_message
+    assert "failed: TimeLimitExceeded" in done.error_message
+    assert not ReportFile.objects.filter(run=done).exists()
+    deadline = time.monotonic() + 30
+    while lasting_keys(redis_client) - lasting_before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert lasting_keys(redis_client) - lasting_before == set()
+    assert_cleaned_up(report_storage, redis_client, done, 3)
+
+
 def test_a_small_input_runs_inline_on_the_worker(reports_ready, report_storage):
     job_name, inputs = input_runs(50)
 
