@@ -2,4 +2,5 @@
 
 from __future__ import annotations
 
-from reports import chunking, diagnostics, examples  # noqa: F401
+from reports import chunking, cleanup, diagnostics, examples  # noqa: F401
+from reports.builtin import alert_digest, run_summary, schedule_audit  # noqa: F401
