@@ -406,3 +406,15 @@ def test_a_report_stored_but_not_delivered_fails_its_run_and_keeps_its_files(set
 
     assert str(failed.value).startswith("report stored (1 file); delivery failed: ")
     assert csv_of(run)[0] == ["n", "square"]  # the file stays, for whoever fetches it
+
+
+def test_an_oversized_report_fails_with_a_clear_message_and_stores_nothing(settings):
+    from reports.storage import ReportTooLarge
+
+    settings.REPORT_MAX_ROWS = 3
+    run = running_run("tests.reports.no_source")
+
+    with pytest.raises(ReportTooLarge, match="more than 3 rows"):
+        run_report(REPORTS["tests.reports.no_source"], run.pk, (), {"upto": 5})
+
+    assert not ReportFile.objects.filter(run=run).exists()
