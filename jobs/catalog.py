@@ -63,8 +63,15 @@ __all__ = [
 
 
 def load_job_modules() -> None:
-    """Import every module that defines jobs (the same ones a worker loads)."""
-    import jobs.tasks  # noqa: F401
+    """Import every installed app's ``tasks`` module (``jobs.tasks``, ``reports.tasks``): the jobs served.
+
+    By Django's app registry, so ``jobs`` names no app above it. Not Celery's
+    ``import_default_modules``: its Django fixup runs the system checks,
+    which call this again.
+    """
+    from django.utils.module_loading import autodiscover_modules
+
+    autodiscover_modules("tasks")
 
 
 def publish_catalog(worker: str = "") -> int:

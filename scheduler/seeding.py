@@ -18,6 +18,7 @@ from jobs.catalog import publish_catalog
 
 HEARTBEAT = "heartbeat every minute"
 DAILY_SUMMARY = "daily run-summary report"
+REPORT_CLEANUP = "delete expired report files daily"
 
 
 @transaction.atomic
@@ -40,6 +41,13 @@ def seed_default_schedules() -> list[str]:
             kwargs=json.dumps({"window_hours": 24}),
         )
         created.append(DAILY_SUMMARY)
+    if not PeriodicTask.objects.filter(name=REPORT_CLEANUP).exists():
+        half_past_three, _ = CrontabSchedule.objects.get_or_create(
+            minute="30", hour="3", day_of_month="*", month_of_year="*", day_of_week="*", timezone="UTC"
+        )
+        # By job name: the reports app sits above the scheduler (reports.cleanup).
+        PeriodicTask.objects.create(name=REPORT_CLEANUP, task="reports.cleanup", crontab=half_past_three)
+        created.append(REPORT_CLEANUP)
     return created
 
 

@@ -7,7 +7,19 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ["scheduler", "jobs", "settings", "tests", "bench", "run.py", "manage.py"]
+CHECKED = [
+    "scheduler",
+    "jobs",
+    "alerts",
+    "reports",
+    "api",
+    "lib",
+    "settings",
+    "tests",
+    "bench",
+    "run.py",
+    "manage.py",
+]
 
 
 def ruff(*args: str) -> subprocess.CompletedProcess:

@@ -466,7 +466,10 @@ def schedules_of_every_kind() -> list[int]:
 
     every_5m = IntervalSchedule.objects.create(every=5, period=IntervalSchedule.MINUTES)
     minutes = PeriodicTask.objects.create(
-        name="interval, jitter only", task="reports.run_summary", interval=every_5m, args="[6]"
+        name="interval, jitter only",
+        task="reports.run_summary",
+        interval=every_5m,
+        kwargs='{"window_hours": 6}',
     )
     SchedulePolicy.objects.filter(task=minutes).update(jitter=59, anchor=now - timedelta(days=2))
 

@@ -211,9 +211,9 @@ class TestArgumentTypes:
         assert "argument 'seconds': expected number, got string" in " ".join(form.errors["kwargs"])
 
     def test_a_positional_argument_of_the_wrong_type_is_refused_by_the_orm(self, every_minute):
-        with pytest.raises(ValidationError, match="argument 'window_hours': expected integer, got number"):
+        with pytest.raises(ValidationError, match="argument 'n': expected integer, got number"):
             PeriodicTask.objects.create(
-                name="bad", task="reports.run_summary", interval=every_minute, args="[1.5]"
+                name="bad", task="diagnostics.count", interval=every_minute, args="[1.5]"
             )
 
     def test_an_integer_is_a_number_and_null_is_allowed_where_optional(self, every_minute):

@@ -1,15 +1,12 @@
-"""Run history and run-summary reports in the admin, in a real browser.
+"""Run history in the admin, in a real browser (report files: tests/browser/test_report_progress.py).
 
 The history list shows every run and filters by status; from the schedule
 list, a failed last run leads to the schedule's history and to the run's page
-(error, traceback, attempts); a run-summary report downloads as CSV and as
-HTML from the admin.
+(error, traceback, attempts).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +14,6 @@ from django.urls import reverse
 from playwright.sync_api import Page, expect
 
 from jobs.models import JobRun, RunStatus
-from jobs.reports import build_run_summary
 
 
 def record_runs(schedule) -> tuple[JobRun, JobRun]:
@@ -98,34 +94,3 @@ def test_from_a_failed_last_run_to_its_history_and_its_run_page(page: Page, seed
     expect(page.locator("#run-traceback pre")).to_contain_text('File "check.py", line 9')
     expect(page.locator("#run-attempts")).to_contain_text("the latest on worker-b")
     expect(page.locator("input[name=_save]")).to_have_count(0)
-
-
-def test_it_downloads_a_run_summary_as_csv_and_html(page: Page, seeded_schedules) -> None:
-    record_runs(seeded_schedules["heartbeat"])
-    report = build_run_summary(24)
-    assert [row["job"] for row in report.rows] == ["heartbeat"]
-    page.goto(reverse("admin:jobs_runsummaryreport_changelist"))
-    row = page.locator("#result_list tbody tr")
-    expect(row).to_have_count(1)
-
-    with page.expect_download() as csv_download:
-        row.get_by_role("link", name="CSV", exact=True).click()
-    download = csv_download.value
-    assert download.suggested_filename == f"run-summary-{report.pk}.csv"
-    table = list(csv.reader(io.StringIO(download.path().read_text(encoding="utf-8"))))
-    assert ",".join(table[0]).startswith("job,total")
-    by_job = {line[0]: dict(zip(table[0], line, strict=True)) for line in table[1:]}
-    assert set(by_job) == {"heartbeat"}
-    assert by_job["heartbeat"]["total"] == "2"
-    assert by_job["heartbeat"]["succeeded"] == "1"
-    assert by_job["heartbeat"]["failed"] == "1"
-    assert by_job["heartbeat"]["failure_rate"] == "0.5"
-
-    with page.expect_download() as html_download:
-        row.get_by_role("link", name="HTML", exact=True).click()
-    download = html_download.value
-    assert download.suggested_filename == f"run-summary-{report.pk}.html"
-    html = download.path().read_text(encoding="utf-8")
-    assert "<table" in html
-    assert "<td>heartbeat</td>" in html
-    assert "<th>job</th><th>total</th>" in html

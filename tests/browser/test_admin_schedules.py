@@ -17,7 +17,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from playwright.sync_api import Page, expect
 
 from scheduler.models import SchedulePolicy
-from scheduler.seeding import DAILY_SUMMARY, HEARTBEAT
+from scheduler.seeding import DAILY_SUMMARY, HEARTBEAT, REPORT_CLEANUP
 
 SCREENSHOT = "/tmp/admin-schedule.png"
 
@@ -37,9 +37,10 @@ def test_it_lists_the_seeded_schedules(page: Page) -> None:
     page.goto(reverse("admin:django_celery_beat_periodictask_changelist"))
 
     names = page.locator("#result_list tbody th.field-name")
-    expect(names).to_have_count(2)
+    expect(names).to_have_count(3)
     expect(names.filter(has_text=HEARTBEAT)).to_have_count(1)
     expect(names.filter(has_text=DAILY_SUMMARY)).to_have_count(1)
+    expect(names.filter(has_text=REPORT_CLEANUP)).to_have_count(1)
 
 
 def test_it_saves_an_edited_schedule_with_its_policy(page: Page, seeded_schedules) -> None:
