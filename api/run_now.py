@@ -53,6 +53,8 @@ class JobOut(Schema):
     soft_time_limit: int
     hard_time_limit: int
     max_retries: int
+    max_concurrency: int | None  # runs at once across all workers; null: no limit
+    rate_limit: str  # Celery's per-worker rate ("10/m"); empty: none
     doc: str
     last_published_at: Any
 

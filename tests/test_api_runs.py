@@ -37,6 +37,8 @@ def test_the_catalog_lists_the_published_jobs(runner):
     sleep = jobs["diagnostics.sleep"]
     assert sleep["queue"] == "default" and sleep["soft_time_limit"] == 60 and sleep["hard_time_limit"] == 90
     assert [p["name"] for p in sleep["parameters"]] == ["seconds", "ignore_soft_limit"]
+    assert (sleep["max_concurrency"], sleep["rate_limit"]) == (None, "")
+    assert jobs["diagnostics.two_at_a_time"]["max_concurrency"] == 2
 
 
 @pytest.mark.slow
