@@ -50,14 +50,45 @@ class _Figures:
     message: str
 
 
-class ProgressThrottle:
-    """At most one ``record_progress`` write per ``interval`` for one run; see the module docstring.
+class _Throttled:
+    """The shared clock of both throttles: the first write at once, then one per ``interval``.
 
     ``clock`` is monotonic seconds (injectable for tests); ``write`` is the
-    writer (``jobs.runs.record_progress``'s signature). A write that fails on
-    the database is logged, not raised: progress is a note, and the job must
-    not fail for it.
+    writer. A write that fails on the database is logged, not raised:
+    progress is a note, and the job must not fail for it.
     """
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        write: Callable[..., bool],
+        interval: float = INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.run_id = run_id
+        self.interval = interval
+        self.clock = clock
+        self.write = write
+        self.writes = 0
+        self._last_write: float | None = None
+
+    def _due(self) -> bool:
+        return self._last_write is None or self.clock() - self._last_write >= self.interval
+
+    def _written(self, what: str, **figures: object) -> bool:
+        """Write ``figures`` now (the clock restarts); ``False``: the run took none, or the write failed."""
+        self._last_write = self.clock()
+        self.writes += 1
+        try:
+            return self.write(self.run_id, **figures)
+        except DatabaseError as exc:
+            logger.warning("run %s: progress %s not written: %s", self.run_id, what, exc)
+            return False
+
+
+class ProgressThrottle(_Throttled):
+    """At most one ``record_progress`` write per ``interval`` for one run; see the module docstring."""
 
     def __init__(
         self,
@@ -67,12 +98,7 @@ class ProgressThrottle:
         clock: Callable[[], float] = time.monotonic,
         write: Callable[..., bool] = runs.record_progress,
     ) -> None:
-        self.run_id = run_id
-        self.interval = interval
-        self.clock = clock
-        self.write = write
-        self.writes = 0
-        self._last_write: float | None = None
+        super().__init__(run_id, write=write, interval=interval, clock=clock)
         self._pending: _Figures | None = None
 
     def report(self, done: int, total: int | None = None, message: str = "") -> bool:
@@ -80,7 +106,7 @@ class ProgressThrottle:
         runs.check_progress(done=done, total=total)
         self._pending = _Figures(done, total, message)
         final = total is not None and done == total
-        if final or self._last_write is None or self.clock() - self._last_write >= self.interval:
+        if final or self._due():
             return self.flush()
         return False
 
@@ -89,16 +115,12 @@ class ProgressThrottle:
         figures, self._pending = self._pending, None
         if figures is None:
             return False
-        self._last_write = self.clock()
-        self.writes += 1
-        try:
-            return self.write(self.run_id, done=figures.done, total=figures.total, message=figures.message)
-        except DatabaseError as exc:
-            logger.warning("run %s: progress %s not written: %s", self.run_id, figures.done, exc)
-            return False
+        return self._written(
+            str(figures.done), done=figures.done, total=figures.total, message=figures.message
+        )
 
 
-class ProgressAdder:
+class ProgressAdder(_Throttled):
     """Deltas added to a run's ``progress_done`` (``jobs.runs.add_progress``), at most one write per interval.
 
     ``add`` sums deltas while throttled; the first ``add`` writes at once;
@@ -114,12 +136,7 @@ class ProgressAdder:
         clock: Callable[[], float] = time.monotonic,
         write: Callable[..., bool] = runs.add_progress,
     ) -> None:
-        self.run_id = run_id
-        self.interval = interval
-        self.clock = clock
-        self.write = write
-        self.writes = 0
-        self._last_write: float | None = None
+        super().__init__(run_id, write=write, interval=interval, clock=clock)
         self._delta = 0
         self._total: int | None = None
         self._message = ""
@@ -132,7 +149,7 @@ class ProgressAdder:
             self._total = total
         if message:
             self._message = message
-        if self._last_write is None or self.clock() - self._last_write >= self.interval:
+        if self._due():
             return self.flush()
         return False
 
@@ -142,13 +159,7 @@ class ProgressAdder:
             return False
         delta, total, message = self._delta, self._total, self._message
         self._delta, self._total, self._message = 0, None, ""
-        self._last_write = self.clock()
-        self.writes += 1
-        try:
-            return self.write(self.run_id, delta=delta, total=total, message=message)
-        except DatabaseError as exc:
-            logger.warning("run %s: progress +%s not added: %s", self.run_id, delta, exc)
-            return False
+        return self._written(f"+{delta}", delta=delta, total=total, message=message)
 
 
 _current: ContextVar[ProgressThrottle | None] = ContextVar("jobs_progress_current", default=None)
