@@ -175,6 +175,10 @@ class Command(BaseCommand):
         self.supervisor = Supervisor()
         self.stopping = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        # Ctrl-C too, set here rather than left to Python's default: a process started
+        # in the background by a shell without job control inherits SIGINT ignored,
+        # and Python then installs no KeyboardInterrupt for it.
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         try:
             self.prepare()
             self.start_processes(host, port, concurrency)
