@@ -71,10 +71,11 @@ def assert_every_run_published_once(redis_client, queue: str, task_ids) -> int:
 def test_two_beats_dispatch_every_slot_exactly_once(ha_env, logs_dir, redis_client, catalog):
     queue = "ha-two-beats"
     redis_client.delete(queue)
-    anchor = floor_to(60)
-    ids = make_interval_schedules(1000, 60, anchor, queue, prefix="two")
-    first = anchor + timedelta(seconds=60)
-    last = first + timedelta(seconds=120)
+    every = 20  # three slots of 1,000 schedules each within about a minute
+    anchor = floor_to(every)
+    ids = make_interval_schedules(1000, every, anchor, queue, prefix="two")
+    first = anchor + timedelta(seconds=every)
+    last = first + timedelta(seconds=2 * every)
     beats = [start_beat(ha_env, logs_dir, f"two-beats-{i}") for i in range(2)]
     try:
         sleep_until(last + timedelta(seconds=8))
@@ -83,7 +84,7 @@ def test_two_beats_dispatch_every_slot_exactly_once(ha_env, logs_dir, redis_clie
         for beat in beats:
             beat.stop()
 
-    assert_no_holes(ids, 60, first, last)
+    assert_no_holes(ids, every, first, last)
     duplicates = assert_every_run_published_once(redis_client, queue, ids)
     assert duplicates == 0, "two beats published the same run"
     assert len(queued_ids(redis_client, queue)) == 3000
