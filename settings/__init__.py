@@ -238,8 +238,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     # limit; shorter would run a slow job twice. Jobs enforce MAX_HARD_TIME_LIMIT.
     "visibility_timeout": envint("BROKER_VISIBILITY_TIMEOUT", 3 * 3600, minimum=60),
 }
-BROKER_IS_REDIS = CELERY_BROKER_URL.split("://", 1)[0].lower().startswith("redis")
-if BROKER_IS_REDIS:
+# Lower case, so not a setting: code asks jobs.limits.broker_is_redis(), which
+# follows the broker URL as configured at the time (tests override it).
+_broker_is_redis = CELERY_BROKER_URL.split("://", 1)[0].lower().startswith("redis")
+if _broker_is_redis:
     if CELERY_BROKER_URL.startswith("redis://"):
         # kombu's Redis transport, except that a channel keeps its connection
         # parameters: with kombu 5.7 a worker whose Redis went down while a job ran
