@@ -317,3 +317,34 @@ class WorkerPresence(models.Model):
 
     def __str__(self) -> str:
         return self.hostname
+
+
+class RunTally(models.Model):
+    """Counts of the runs that ended before ``jobs.tally``'s watermark, per (job, status).
+
+    A rollup for ``/metrics``: a scrape adds these few rows to the runs that
+    ended after the watermark (or have not ended) instead of scanning every
+    run. One row with an empty job and status is the watermark itself
+    (``tallied_before``); the others leave it empty. Written only by
+    ``jobs.tally.advance``.
+    """
+
+    job = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=20, blank=True)
+    runs = models.BigIntegerField(default=0)
+    duration_count = models.BigIntegerField(default=0)
+    duration_sum_ms = models.BigIntegerField(default=0)
+    lateness_count = models.BigIntegerField(default=0)
+    lateness_sum_ms = models.BigIntegerField(default=0)
+    # Cumulative counts at or under each bound of jobs.tally's DURATION_BUCKETS / LATENESS_BUCKETS.
+    duration_buckets = models.JSONField(default=list)
+    lateness_buckets = models.JSONField(default=list)
+    tallied_before = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "status"], name="one_tally_per_job_status")]
+
+    def __str__(self) -> str:
+        if not self.job:
+            return f"runs tallied before {self.tallied_before}"
+        return f"{self.job} [{self.status}]: {self.runs}"
