@@ -3,8 +3,8 @@
 The body is parsed with prometheus_client's own parser, as Prometheus reads
 it. Each alert rule of the README is evaluated here in Python over the parsed
 series (same comparison, same margin): it must fire for the broken case and
-stay quiet for the healthy one. Queue lengths come from the real Redis of
-``REDIS_URL``.
+stay quiet for the healthy one. Queue lengths come from the real broker
+(Redis or RabbitMQ).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 from prometheus_client.parser import text_string_to_metric_families
 
+from jobs import tally
 from jobs.catalog import publish_catalog
+from jobs.dispatch import dispatch
 from jobs.models import JobDefinition, JobRun, RunStatus, WorkerPresence
 from scheduler import metrics
 from scheduler.beat.entries import job_defaults
@@ -31,6 +33,7 @@ from scheduler.metrics import (
     wait_for_schedule_refresh,
 )
 from scheduler.models import BeatLease, SchedulePolicy
+from tests.support.queues import empty_queues, queue_length
 
 pytestmark = pytest.mark.django_db
 
@@ -224,6 +227,7 @@ def test_per_schedule_series_can_be_switched_off(client, metrics_on):
 
 def test_queries_do_not_grow_with_the_number_of_schedules(metrics_on):
     def count() -> int:
+        tally.advance()  # the run tally's own writes come once a minute, not with every scrape
         with CaptureQueriesContext(connection) as queries:
             exposition(PlatformCollector(per_schedule=True))
         return len(queries)
@@ -318,19 +322,23 @@ QUEUE_A, QUEUE_B = "metrics_unserved_q", "metrics_served_q"
 
 
 @pytest.fixture
-def two_queues(redis_client, metrics_on):
+def two_queues(metrics_on, django_capture_on_commit_callbacks):
     """QUEUE_A: 3 messages, no live worker; QUEUE_B: 2 messages and a live worker (a dead one on A)."""
     JobDefinition.objects.filter(name="heartbeat").update(queue=QUEUE_A)
-    redis_client.delete(QUEUE_A, QUEUE_B)
-    redis_client.lpush(QUEUE_A, "m1", "m2", "m3")
-    redis_client.lpush(QUEUE_B, "m1", "m2")
+    empty_queues([QUEUE_A, QUEUE_B])
+    # Real messages, published as the platform publishes them (after commit); no worker takes them.
+    with django_capture_on_commit_callbacks(execute=True):
+        for queue, count in ((QUEUE_A, 3), (QUEUE_B, 2)):
+            for _ in range(count):
+                dispatch("heartbeat", queue=queue)
+    assert (queue_length(QUEUE_A), queue_length(QUEUE_B)) == (3, 2)
     now = timezone.now()
     WorkerPresence.objects.create(hostname="live@h", queues=[QUEUE_B], jobs=["heartbeat"], last_seen_at=now)
     WorkerPresence.objects.create(
         hostname="dead@h", queues=[QUEUE_A], jobs=["heartbeat"], last_seen_at=now - timedelta(hours=1)
     )
     yield
-    redis_client.delete(QUEUE_A, QUEUE_B)
+    empty_queues([QUEUE_A, QUEUE_B])
 
 
 def test_queue_lengths_from_the_broker_and_live_workers_per_queue(client, two_queues):
