@@ -1,4 +1,4 @@
-"""The periodic-task list's bulk actions, through the admin, against a real beat engine and Redis.
+"""The periodic-task list's bulk actions, through the admin, against a real beat engine and broker.
 
 Each action is posted to the changelist with Django's test client, as the
 admin's action form does; the beat engine runs in-process with ``now=``
@@ -9,7 +9,6 @@ every tick here, every 0.25 s on SQLite and on each NOTIFY on PostgreSQL).
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,6 +22,7 @@ from jobs.dispatch import dispatch
 from jobs.models import JobDefinition, JobRun, OutboxBatch, RunOrigin, RunStatus
 from scheduler.models import ScheduleChange, SchedulePolicy
 from tests.support.broker import app_broker, closed_port_url
+from tests.support.queues import empty_queues, waiting_messages
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,8 +33,8 @@ QUEUE = "admin-action-tests"
 
 
 @pytest.fixture
-def engine(beat_engine, redis_client):
-    redis_client.delete(QUEUE)
+def engine(beat_engine):
+    empty_queues([QUEUE])
     return beat_engine
 
 
@@ -71,8 +71,9 @@ def claimed(task: PeriodicTask) -> list[datetime]:
     )
 
 
-def published(redis_client, queue: str = QUEUE) -> list[dict]:
-    return [json.loads(message)["headers"] for message in redis_client.lrange(queue, 0, -1)]
+def published(queue: str = QUEUE) -> list[dict]:
+    """The headers of the messages waiting in ``queue`` (Redis or RabbitMQ), none taken."""
+    return waiting_messages(queue)
 
 
 def break_job_with_raw_sql(task: PeriodicTask) -> None:
@@ -164,9 +165,7 @@ def test_toggle_leaves_a_schedule_that_does_not_validate_disabled(client, engine
     assert len(messages) == 1 and messages[0].startswith("“broken” was not enabled")
 
 
-def test_it_runs_a_schedule_now_with_its_policy_recorded_as_manual_by_whoever_pressed(
-    client, engine, redis_client
-):
+def test_it_runs_a_schedule_now_with_its_policy_recorded_as_manual_by_whoever_pressed(client, engine):
     task = every_10_seconds("report now", soft_time_limit=2, hard_time_limit=3, starting_deadline=90)
 
     _, messages = post_action(client, "run_tasks", task)
@@ -176,7 +175,7 @@ def test_it_runs_a_schedule_now_with_its_policy_recorded_as_manual_by_whoever_pr
     assert (run.queue, run.soft_time_limit, run.hard_time_limit) == (QUEUE, 2, 3)
     assert run.deadline - run.enqueued_at == timedelta(seconds=90)
     assert run.status == RunStatus.QUEUED
-    [headers] = published(redis_client)
+    [headers] = published()
     assert (headers["id"], headers["task"], headers["timelimit"]) == (str(run.pk), "heartbeat", [3, 2])
     assert not OutboxBatch.objects.exists()
     assert messages[0].startswith("Started 1 run by hand: ")
@@ -187,14 +186,12 @@ def test_it_runs_a_schedule_now_with_its_policy_recorded_as_manual_by_whoever_pr
     assert '<div class="readonly">alice</div>' in page
 
 
-def test_a_schedule_without_a_policy_queue_runs_on_its_jobs_queue_with_its_limits(
-    client, engine, redis_client
-):
+def test_a_schedule_without_a_policy_queue_runs_on_its_jobs_queue_with_its_limits(client, engine):
     task = every_10_seconds("heartbeat now", queue="")
     # As if the workers had published heartbeat on a queue no test worker consumes,
     # so the message stays where run-now put it.
     JobDefinition.objects.filter(name="heartbeat").update(queue="admin-action-tests-heartbeat")
-    redis_client.delete("admin-action-tests-heartbeat")
+    empty_queues(["admin-action-tests-heartbeat"])
 
     post_action(client, "run_tasks", task)
 
@@ -205,7 +202,7 @@ def test_a_schedule_without_a_policy_queue_runs_on_its_jobs_queue_with_its_limit
         job.soft_time_limit,
         job.hard_time_limit,
     )
-    assert [h["id"] for h in published(redis_client, job.queue)] == [str(run.pk)]
+    assert [h["id"] for h in published(job.queue)] == [str(run.pk)]
 
 
 def test_running_many_schedules_names_the_first_ten_in_the_message(client, engine):
@@ -264,7 +261,7 @@ def test_with_the_broker_down_run_now_keeps_the_run_in_the_outbox_and_says_so(cl
     )
 
 
-def test_beat_sends_a_run_now_left_in_the_outbox_once_the_broker_is_back(client, engine, redis_client):
+def test_beat_sends_a_run_now_left_in_the_outbox_once_the_broker_is_back(client, engine):
     with app_broker(closed_port_url()):
         post_action(client, "run_tasks", every_10_seconds("report now"))
     assert OutboxBatch.objects.exists()
@@ -272,7 +269,7 @@ def test_beat_sends_a_run_now_left_in_the_outbox_once_the_broker_is_back(client,
     assert engine.flush_outbox() == 1
 
     run = JobRun.objects.get(schedule__name="report now")
-    assert [h["id"] for h in published(redis_client)] == [str(run.pk)]
+    assert [h["id"] for h in published()] == [str(run.pk)]
     assert not OutboxBatch.objects.exists()
 
 
@@ -363,7 +360,7 @@ def test_an_invalid_pause_shows_the_page_again_with_the_error_and_pauses_nothing
     assert ScheduleChange.objects.count() == changes
 
 
-def test_a_paused_schedule_is_skipped_with_the_note_then_resumed_from_the_list(client, engine, redis_client):
+def test_a_paused_schedule_is_skipped_with_the_note_then_resumed_from_the_list(client, engine):
     task = every_10_seconds("every 10 s")
     engine.load(now=T0)
     until = T0 + timedelta(days=1)
@@ -387,7 +384,7 @@ def test_a_paused_schedule_is_skipped_with_the_note_then_resumed_from_the_list(c
     run = JobRun.objects.get(schedule=task)
     assert run.status == RunStatus.SKIPPED
     assert run.error_message == f"paused by alice until {until:%Y-%m-%d %H:%M:%S} UTC: deploy freeze"
-    assert published(redis_client) == []
+    assert published() == []
 
     _, messages = post_action(client, "resume_tasks", task)
     engine.tick(now=T0 + timedelta(seconds=20))

@@ -1,7 +1,7 @@
 """The on-call dashboard: its figures for seeded runs, its charts, the broker's backlog, who may see it.
 
 Runs are seeded relative to the real clock (the page reads ``timezone.now()``);
-queue lengths come from the real Redis of ``REDIS_URL``.
+queue lengths come from the real broker (Redis or RabbitMQ).
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from jobs.catalog import publish_catalog
+from jobs.dispatch import Delivery, dispatch
 from jobs.models import JobDefinition, JobRun, RunStatus, WorkerPresence
 from scheduler import charts, dashboard
 from scheduler.models import BeatLease, SchedulePolicy
+from tests.support.queues import empty_queues, waiting_priorities
 
 pytestmark = pytest.mark.django_db
 
@@ -164,12 +166,18 @@ def test_paused_schedules_are_those_paused_now(staff):
     assert "deploy freeze" in page and "db migration" in page and "over" not in page
 
 
-def test_per_queue_backlog_is_read_from_the_broker_every_priority_included(staff, redis_client):
+def test_per_queue_backlog_is_read_from_the_broker_every_priority_included(
+    staff, django_capture_on_commit_callbacks
+):
     JobDefinition.objects.filter(name="heartbeat").update(queue=QUEUE)
-    redis_client.delete(QUEUE, f"{QUEUE}\x06\x163", "dashboard_worker_q")
+    empty_queues([QUEUE, "dashboard_worker_q"])
     try:
-        redis_client.lpush(QUEUE, *[f"message {i}" for i in range(3)])
-        redis_client.lpush(f"{QUEUE}\x06\x163", "a message of priority step 3", "another")
+        # Real messages, published as the platform publishes them (after commit), at two priorities:
+        # Redis keeps a list per priority step, RabbitMQ one priority queue; both count them all.
+        with django_capture_on_commit_callbacks(execute=True):
+            runs = [dispatch("heartbeat", queue=QUEUE, priority=p) for p in (None, None, None, 3, 3)]
+        assert {run.delivery for run in runs} == {Delivery.SENT}
+        assert sorted(waiting_priorities(QUEUE).values()) == [0, 0, 0, 3, 3]
         WorkerPresence.objects.create(
             hostname="w1@test", queues=["dashboard_worker_q"], jobs=["heartbeat"], last_seen_at=timezone.now()
         )
@@ -182,7 +190,7 @@ def test_per_queue_backlog_is_read_from_the_broker_every_priority_included(staff
         assert response.context["broker_error"] == ""
         assert re.search(rf'data-queue="{QUEUE}"><td>{QUEUE}</td><td>5</td>', response.content.decode())
     finally:
-        redis_client.delete(QUEUE, f"{QUEUE}\x06\x163")
+        empty_queues([QUEUE])
 
 
 def test_the_backlog_says_so_when_the_broker_does_not_answer(settings):

@@ -44,6 +44,33 @@ def queue_length(queue: str) -> int:
     return len(waiting_messages(queue))
 
 
+def waiting_priorities(queue: str) -> dict[str, int]:
+    """The broker priority of each message waiting in ``queue``, by task id, none consumed.
+
+    On Redis the priority step whose list holds the message (what the worker
+    pops by, 0 first); on RabbitMQ the message's ``priority`` property (higher
+    first). A message sent without one counts as 0 on both.
+    """
+    with _app().connection_for_write() as conn:
+        channel = conn.channel()
+        found: dict[str, int] = {}
+        try:
+            if broker_is_redis():
+                for step in channel.priority_steps:
+                    for raw in channel.client.lrange(channel._q_for_pri(queue, step), 0, -1):
+                        found[json.loads(raw)["headers"]["id"]] = step
+                return found
+            while (message := channel.basic_get(queue=queue, no_ack=False)) is not None:
+                headers = message.properties.get("application_headers") or {}
+                found[headers["id"]] = message.properties.get("priority") or 0
+            return found
+        except conn.channel_errors:
+            return found  # AMQP 404: no such queue yet
+        finally:
+            if getattr(channel, "is_open", True):
+                channel.close()  # on RabbitMQ every unacknowledged message goes back to its place
+
+
 def empty_queues(names: Iterable[str]) -> None:
     """Drop every message waiting in ``names``; a queue not declared yet has nothing to drop."""
     with _app().connection_for_write() as conn:
