@@ -51,12 +51,13 @@ Series (prefix ``beatplatform_``):
 Cost: a fixed number of queries whatever the number of schedules (measured
 by ``bench/metrics_scrape.py``): the per-schedule block streams two reads of
 the schedules and two grouped reads of the runs; the run counters the
-tally's rows and the runs of the last minutes, whatever the size of the run table. The per-schedule block grows with the schedules
-(seconds at 100,000, and ~40 MB of text), so ``/metrics`` keeps its rendered
-text per process and renders the next one in the background once it is
-``SCHEDULE_CACHE_SECONDS`` old (``schedule_exposition``); everything else is
-read on every scrape. Above ~10,000 schedules, ``METRICS_PER_SCHEDULE=0`` keeps a
-scrape well under a second.
+tally's rows and the runs of the last minutes, whatever the size of the run
+table. The per-schedule block grows with the schedules (seconds at 100,000,
+and ~40 MB of text), so ``/metrics`` keeps its rendered text per process and
+renders the next one in the background once it is ``SCHEDULE_CACHE_SECONDS``
+old (``schedule_exposition``), the first one as soon as the process serves its
+first request (``warm_up_on_first_request``); everything else is read on every
+scrape.
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
+from django.core.signals import request_started
 from django.db import close_old_connections, connection
 from django.db.models import BooleanField, CharField, Count, ExpressionWrapper, Max
 from django.db.models.functions import Cast
@@ -399,6 +402,23 @@ def _refresh_in_background() -> None:
     finally:
         connection.close()  # this thread's own connection; the thread ends here
         _refreshing.release()
+
+
+def warm_up_on_first_request(**_: Any) -> None:
+    """Render the per-schedule block in the background when a web process serves its first request.
+
+    Connected to ``request_started`` by ``scheduler.wsgi`` and disconnected
+    by its first call, so it runs in the process that serves (never in a
+    parent that forks workers afterwards: a thread does not survive a fork,
+    and the lock it held would stay held). Health checks usually come first,
+    so Prometheus' first scrape finds the block rendered, or waits only for
+    the rest of the render. Nothing when metrics or per-schedule series are off.
+    """
+    request_started.disconnect(warm_up_on_first_request)
+    if not (settings.METRICS_TOKEN and settings.METRICS_PER_SCHEDULE) or "body" in _schedule_cache:
+        return
+    if _refreshing.acquire(blocking=False):
+        threading.Thread(target=_refresh_in_background, name="metrics-schedules", daemon=True).start()
 
 
 def wait_for_schedule_refresh(timeout: float = 30.0) -> bool:
