@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine
 from celery.worker.request import Request
+from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import connection
 from django.db.models import DateTimeField
@@ -28,8 +29,10 @@ from kombu.serialization import dumps, loads, prepare_accept_content
 
 from jobs.catalog import publish_catalog
 from jobs.dispatch import Delivery, dispatch
+from jobs.limits import broker_is_redis
 from jobs.models import JobRun
 from jobs.publishing import send_batch, task_message
+from jobs.sendonly.messages import celery_queue
 from scheduler.beat.dispatch import ClaimedRun, PlannedSlot, claim_slots
 from scheduler.beat.entries import (
     _FROM_SQL,
@@ -44,6 +47,7 @@ from scheduler.beat.entries import (
 )
 from scheduler.models import CatchUp, Overlap, SchedulePolicy
 from settings.celery_app import app
+from tests.support.queues import empty_queues
 
 pytestmark = pytest.mark.django_db
 
@@ -247,7 +251,8 @@ def test_it_writes_the_argument_reprs_celery_writes(args, kwargs):
 
 
 @pytest.fixture
-def throwaway_queues(redis_client):
+def throwaway_queues():
+    """New queue names; the queues are gone after the test (RabbitMQ keeps a declared queue)."""
     names: list[str] = []
 
     def new() -> str:
@@ -255,8 +260,12 @@ def throwaway_queues(redis_client):
         return names[-1]
 
     yield new
-    if names:
-        redis_client.delete(*names)
+    if broker_is_redis():
+        empty_queues(names)  # a queue on Redis is its lists: gone once empty
+        return
+    with app.connection_for_write() as conn:
+        for name in names:
+            conn.default_channel.queue_delete(name)
 
 
 def take_message(queue: str):
@@ -272,7 +281,15 @@ def take_message(queue: str):
 
 
 def send_with_celery(run: JobRun | ClaimedRun, queue: str) -> None:
-    """The same task sent by Celery's own ``send_task``, as a reference envelope."""
+    """The same task sent by Celery's own ``send_task``, as a reference envelope.
+
+    Through the default exchange, as ours goes. RabbitMQ drops a message for a
+    queue nobody declared, so there the queue is declared first, as a worker
+    declares it (ours declares its own queue the same way when it publishes).
+    """
+    if not broker_is_redis():
+        with app.connection_for_write() as conn:
+            celery_queue(queue, settings.BROKER_QUEUE_MAX_PRIORITY)(conn.default_channel).declare()
     app.send_task(
         run.job,
         args=run.args,
@@ -307,11 +324,23 @@ def worker_view(message) -> dict:
     }
 
 
+# Per message or per queue: the tag, the queue, how many were left behind it.
+PER_DELIVERY = {"delivery_tag", "routing_key", "message_count"}
+
+
 def envelope(message) -> dict:
-    """The message's properties, less what differs per message or per queue."""
-    properties = dict(message.properties)
-    properties.pop("delivery_tag")
-    properties["delivery_info"] = {k: v for k, v in properties["delivery_info"].items() if k != "routing_key"}
+    """The message's properties and delivery info, less what differs per message or per queue.
+
+    Headers are compared apart (``worker_view``, and ours against
+    ``task_message``). Redis's transport keeps the delivery info and tag among
+    the properties, RabbitMQ's apart (with the headers as a property).
+    """
+    properties = {
+        name: value
+        for name, value in message.properties.items()
+        if name not in {"delivery_tag", "delivery_info", "application_headers"}
+    }
+    properties["delivery_info"] = {k: v for k, v in message.delivery_info.items() if k not in PER_DELIVERY}
     return properties
 
 
