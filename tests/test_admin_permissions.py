@@ -23,6 +23,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from jobs.catalog import publish_catalog
 from jobs.models import JobRun, RunOrigin
 from scheduler.models import SchedulePolicy
+from tests.support.queues import empty_queues
 
 pytestmark = pytest.mark.django_db
 
@@ -75,14 +76,14 @@ def staff(django_user_model, client):
 
 
 @pytest.fixture
-def schedule(redis_client) -> PeriodicTask:
-    redis_client.delete(QUEUE)
+def schedule() -> PeriodicTask:
+    empty_queues([QUEUE])
     publish_catalog(worker="tests")
     every_minute, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.MINUTES)
     task = PeriodicTask.objects.create(name="nightly", task="heartbeat", interval=every_minute)
     SchedulePolicy.objects.filter(task=task).update(queue=QUEUE)
     yield task
-    redis_client.delete(QUEUE)
+    empty_queues([QUEUE])
 
 
 def page(task: PeriodicTask) -> str:

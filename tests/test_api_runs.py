@@ -14,6 +14,7 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 from jobs.models import JobRun, RunOrigin, RunStatus
 from tests.conftest import wait_for_run
 from tests.support.api_client import ApiClient, token_for, user_with
+from tests.support.queues import empty_queues
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,10 +25,10 @@ IDLE_QUEUE = "api-tests"
 
 
 @pytest.fixture
-def runner(catalog, redis_client):
-    redis_client.delete(IDLE_QUEUE)
+def runner(catalog):
+    empty_queues([IDLE_QUEUE])
     yield ApiClient(token_for(user_with("runner", *RUNNER)))
-    redis_client.delete(IDLE_QUEUE)
+    empty_queues([IDLE_QUEUE])
 
 
 def test_the_catalog_lists_the_published_jobs(runner):

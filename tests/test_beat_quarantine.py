@@ -27,6 +27,7 @@ from django_celery_beat.models import (
 from jobs.models import JobRun
 from scheduler.beat.engine import BeatEngine
 from scheduler.models import SchedulePolicy
+from tests.support.queues import empty_queues
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,8 +36,8 @@ QUEUE = "quarantine-tests"  # no test worker consumes it
 
 
 @pytest.fixture
-def engine(beat_engine, redis_client):
-    redis_client.delete(QUEUE)
+def engine(beat_engine):
+    empty_queues([QUEUE])
     return beat_engine
 
 
@@ -321,9 +322,7 @@ class refuse_runs_of:
             sql("DROP FUNCTION refuse_run()", [])
 
 
-def test_a_new_leader_gives_workers_time_to_announce_before_flagging_unserved_jobs(
-    engine, monkeypatch, redis_client
-):
+def test_a_new_leader_gives_workers_time_to_announce_before_flagging_unserved_jobs(engine, monkeypatch):
     """Workers started with beat publish their presence seconds after it: no flag in that window."""
     from scheduler.beat import engine as engine_module
     from scheduler.celery import app

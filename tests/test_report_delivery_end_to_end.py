@@ -29,6 +29,7 @@ from reports.models import ReportDelivery, ReportDestination, ReportFile
 from tests.conftest import wait_for_run
 from tests.support.alert_receivers import SmtpReceiver
 from tests.support.processes import start_worker
+from tests.support.queues import empty_queues
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -45,8 +46,8 @@ def smtp():
 
 
 @pytest.fixture
-def mailing_worker(service_env, logs_dir, smtp, redis_client):
-    redis_client.delete(QUEUE)
+def mailing_worker(service_env, logs_dir, smtp):
+    empty_queues([QUEUE])
     env = {
         **service_env,
         "EMAIL_HOST": "127.0.0.1",
@@ -59,7 +60,7 @@ def mailing_worker(service_env, logs_dir, smtp, redis_client):
     service.wait_for_log("ready.", timeout=120)
     yield service
     service.stop()
-    redis_client.delete(QUEUE)
+    empty_queues([QUEUE])
 
 
 def test_a_weekday_report_schedule_emails_its_csv_from_the_real_worker(service_env, mailing_worker, smtp):
