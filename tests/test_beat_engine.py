@@ -1,4 +1,4 @@
-"""The beat engine in-process, against the real database and Redis.
+"""The beat engine in-process, against the real database and broker.
 
 Time is controlled by passing ``now`` to the engine; the database and broker
 are real. Each test reads like the behaviour it pins down.
@@ -6,7 +6,6 @@ are real. Each test reads like the behaviour it pins down.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +19,7 @@ from jobs.models import JobRun, OutboxBatch, RunStatus
 from scheduler.beat.engine import BeatEngine
 from scheduler.models import CatchUp, SchedulePolicy
 from scheduler.services import update_schedules
+from tests.support.queues import empty_queues, queued_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,8 +27,8 @@ T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def engine(beat_engine, redis_client):
-    redis_client.delete(QUEUE)
+def engine(beat_engine):
+    empty_queues([QUEUE])
     return beat_engine
 
 
@@ -54,11 +54,7 @@ def runs_of(task) -> list[tuple[datetime, str]]:
     )
 
 
-def queued_message_ids(redis_client, queue: str = QUEUE) -> list[str]:
-    return [json.loads(m)["headers"]["id"] for m in redis_client.lrange(queue, 0, -1)]
-
-
-def test_it_claims_and_publishes_every_due_slot_in_one_tick(engine, redis_client):
+def test_it_claims_and_publishes_every_due_slot_in_one_tick(engine):
     tasks = [make_task(f"hb{i}", interval=every(60)) for i in range(50)]
     engine.load(now=T0)
 
@@ -68,9 +64,7 @@ def test_it_claims_and_publishes_every_due_slot_in_one_tick(engine, redis_client
     assert runs.count() == 50
     assert set(runs.values_list("scheduled_for", flat=True)) == {T0 + timedelta(seconds=60)}
     assert not OutboxBatch.objects.exists()  # sent: the batch left the outbox
-    assert sorted(queued_message_ids(redis_client)) == sorted(
-        str(pk) for pk in runs.values_list("pk", flat=True)
-    )
+    assert sorted(queued_ids(QUEUE)) == sorted(str(pk) for pk in runs.values_list("pk", flat=True))
 
 
 def test_an_idle_tick_claims_nothing(engine):
@@ -310,7 +304,7 @@ def test_edited_entries_do_not_pile_up_in_the_heap(engine):
     assert all(not e.retired for e in engine.heap)
 
 
-def test_the_engine_sends_outbox_batches_other_processes_left_behind(engine, redis_client):
+def test_the_engine_sends_outbox_batches_other_processes_left_behind(engine):
     """A batch older than the sweep age is sent and cleared; a young one is left to its sender."""
     from scheduler.beat.dispatch import PlannedSlot, claim_slots
     from scheduler.beat.engine import OUTBOX_SWEEP_AGE
@@ -326,5 +320,5 @@ def test_the_engine_sends_outbox_batches_other_processes_left_behind(engine, red
 
     engine.tick(now=T0)
 
-    assert queued_message_ids(redis_client) == [str(old.runs[0].pk)]
+    assert queued_ids(QUEUE) == [str(old.runs[0].pk)]
     assert list(OutboxBatch.objects.values_list("pk", flat=True)) == [young.outbox_batch]
