@@ -331,7 +331,9 @@ def test_a_waiting_run_starts_when_a_place_is_given_back(worker, catalog, clean_
 def test_a_send_only_clients_waiting_message_keeps_its_origin(worker, catalog, clean_queues):
     holders = ["tests-a", "tests-b"]
     hold_places(holders)
-    with Client(settings.CELERY_BROKER_URL, service="billing", catalog_ttl=0) as client:
+    with Client(
+        settings.CELERY_BROKER_URL, service="billing", catalog_ttl=0, catalog_url=settings.REDIS_URL
+    ) as client:
         call = client.dispatch(LIMITED, kwargs={"seconds": 0})
     worker.wait_for_log(f"{LIMITED}[{call.run_id}]: waits for", timeout=30)
     waiting = JobRun.objects.get(pk=call.run_id)  # recorded from its message when it first waited

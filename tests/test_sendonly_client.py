@@ -81,7 +81,9 @@ def run_without_django(code: str, broker_url: str) -> dict:
         + "loaded = sorted(m for m in sys.modules if any(m == b or m.startswith(b + '.') for b in BLOCKED))\n"
         + "print(json.dumps({'result': result, 'loaded': loaded}))\n"
     )
-    env = {"PATH": "/usr/bin:/bin", "BROKER": broker_url, "PYTHONDONTWRITEBYTECODE": "1"}
+    # CATALOG: the Redis workers publish the catalog to (the broker itself on Redis).
+    catalog = settings.REDIS_URL
+    env = {"PATH": "/usr/bin:/bin", "BROKER": broker_url, "CATALOG": catalog, "PYTHONDONTWRITEBYTECODE": "1"}
     # -I: isolated, no user site, no PYTHON* variables, not the current directory.
     done = subprocess.run(
         [sys.executable, "-I", "-c", script], env=env, capture_output=True, text=True, timeout=60, cwd="/"
@@ -99,9 +101,9 @@ def test_a_service_without_django_dispatches_with_three_lines_and_the_worker_rec
         """
         import os
 
-        # The README's three lines:
+        # The README's three lines (catalog_url: what RabbitMQ needs, the broker itself on Redis):
         from jobs.sendonly import Client
-        client = Client(os.environ["BROKER"], service="billing-api")
+        client = Client(os.environ["BROKER"], service="billing-api", catalog_url=os.environ["CATALOG"])
         run_id = client.dispatch("reports.run_summary", kwargs={"window_hours": 24}).run_id
 
         result = run_id
@@ -129,7 +131,7 @@ def test_the_client_refuses_an_unknown_job_without_django_too(worker, catalog):
         import os
         from jobs.sendonly import Client, UnknownJob
 
-        client = Client(os.environ["BROKER"])
+        client = Client(os.environ["BROKER"], catalog_url=os.environ["CATALOG"])
         try:
             client.dispatch("reports.no_such_job")
         except UnknownJob as exc:
