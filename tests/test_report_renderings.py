@@ -355,16 +355,17 @@ def peak_bytes(run: JobRun, count: int) -> int:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert {f.format: f.rows for f in files} == {"csv": count, "json": count, "html": 10_000, "xlsx": count}
+    shown = min(count, 10_000)  # the HTML table's cap
+    assert {f.format: f.rows for f in files} == {"csv": count, "json": count, "html": shown, "xlsx": count}
     return peak
 
 
 @pytest.mark.timeout(240)
 def test_peak_memory_does_not_grow_with_the_number_of_rows(reports_dir, run):
-    small = peak_bytes(run, 10_000)
-    large = peak_bytes(run, 100_000)
+    small = peak_bytes(run, 5_000)
+    large = peak_bytes(run, 50_000)
 
     # Ten times the rows: the peak stays that of a few rows and open files, not of the report.
-    assert large < small * 1.5, f"peak {large:,} B for 100k rows vs {small:,} B for 10k"
+    assert large < small * 1.5, f"peak {large:,} B for 50k rows vs {small:,} B for 5k"
     csv_size = Path(reports_storage().path(ReportFile.objects.get(format="csv").storage_name)).stat().st_size
     assert large < csv_size / 5  # and far below the size of what was written
