@@ -18,12 +18,18 @@ from django.conf import settings
 from kombu import Connection, Queue
 from kombu.pidbox import Mailbox
 
+from jobs.limits import broker_is_redis
 from scheduler.embedded_redis import start_embedded_redis
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.skipif(
+    not broker_is_redis(),
+    reason="our transport is chosen for a redis:// BROKER_URL only; with RabbitMQ the app uses kombu's "
+    "py-amqp transport (the test below runs on its own embedded Redis either way)",
+)
 def test_the_app_uses_our_transport_for_redis_urls():
     assert settings.CELERY_BROKER_URL.startswith("redis://")
     assert settings.CELERY_BROKER_TRANSPORT == "lib.redis_transport:Transport"

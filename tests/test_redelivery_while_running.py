@@ -26,15 +26,25 @@ import time
 
 import pytest
 import redis
-from django.conf import settings
 
 from jobs.dispatch import dispatch
+from jobs.limits import broker_is_redis
 from jobs.models import JobRun, RunStatus, WorkerPresence
 from scheduler.celery import app
 from tests.conftest import wait_for_run
 from tests.support.processes import Service, celery, children_of
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not broker_is_redis(),
+        reason="redelivery after the visibility timeout (kombu's unacked hash) is a Redis transport "
+        "behaviour; RabbitMQ redelivers only when the consumer's connection goes: "
+        "tests/test_rabbitmq.py::test_a_killed_workers_message_comes_back_at_once_and_its_run_is_lost_in_"
+        "minutes_not_hours covers it",
+    ),
+]
 
 JOB = "diagnostics.sleep"
 # Long enough for the copy to be received and ignored while the first attempt
@@ -255,9 +265,3 @@ def test_it_takes_the_attempt_of_a_worker_restarted_under_the_same_name_for_lost
     assert ended.status == RunStatus.LOST
     assert ended.error_type == "WorkerLostError"
     assert first.worker in ended.error_message
-
-
-@pytest.fixture(autouse=True)
-def _broker_is_redis():
-    if not settings.CELERY_BROKER_URL.startswith("redis"):
-        pytest.skip("visibility-timeout redelivery is a Redis transport behaviour")

@@ -4,7 +4,8 @@ Refusals (unknown job, arguments that do not bind, impossible options) raise
 a ``DispatchError`` (a ``ValueError``) before anything is published: the
 calls name a queue no worker consumes, so a message that slipped through
 would still be there to see. The rest runs on the real worker over the real
-Redis: idempotency keys, countdown / eta, expires, per-call limits.
+broker (Redis or RabbitMQ; the catalog is in Redis either way): idempotency
+keys, countdown / eta, expires, per-call limits.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.conf import settings
 from django.utils import timezone
+from kombu import Queue
 
 from jobs.catalog import publish_catalog
+from jobs.limits import broker_is_redis
 from jobs.models import JobDefinition, JobRun, RunOrigin, RunStatus
+from jobs.publishing import REDIS_MAX_PRIORITY
 from jobs.sendonly import (
     CATALOG_KEY,
     ArgumentsDoNotBind,
@@ -31,37 +35,68 @@ from jobs.sendonly import (
     names,
     run_id_for,
 )
+from jobs.sendonly.messages import publish_task_message
+from scheduler.celery import app
 from tests.conftest import wait_for_run
 from tests.support.processes import QUEUES
+from tests.support.queues import empty_queues, queue_length, waiting_messages, waiting_priorities
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("catalog")]
 
 PARKING = "sendonly-tests-parking"  # no worker consumes it
-SEP = "\x06\x16"  # kombu's separator between a queue's name and its priority level
+# One above the highest priority the broker takes (Redis: 9; RabbitMQ: the queues' x-max-priority).
+TOO_HIGH = (REDIS_MAX_PRIORITY if broker_is_redis() else settings.BROKER_QUEUE_MAX_PRIORITY) + 1
 
 
-def levels(queue: str) -> list[str]:
-    """The Redis lists of ``queue``: its own (priority 0) and one per priority 1-9."""
-    return [queue] + [f"{queue}{SEP}{p}" for p in range(1, 10)]
-
-
-def waiting(redis_client, queues: Iterable[str]) -> int:
-    return sum(redis_client.llen(key) for queue in queues for key in levels(queue))
+def waiting(queues: Iterable[str]) -> int:
+    return sum(queue_length(queue) for queue in queues)
 
 
 @pytest.fixture
-def client(redis_client) -> Iterable[Client]:
-    redis_client.delete(*levels(PARKING))
-    with Client(settings.CELERY_BROKER_URL, service="sendonly-tests", catalog_ttl=0) as sender:
+def client() -> Iterable[Client]:
+    empty_queues([PARKING])
+    with Client(
+        settings.CELERY_BROKER_URL,
+        catalog_url=settings.REDIS_URL,  # where the workers publish the catalog, whatever the broker
+        service="sendonly-tests",
+        catalog_ttl=0,
+        queue_max_priority=settings.BROKER_QUEUE_MAX_PRIORITY,
+    ) as sender:
         yield sender
-    redis_client.delete(*levels(PARKING))
+    empty_queues([PARKING])
 
 
 @pytest.fixture
-def nothing_sent(redis_client, clean_queues) -> Iterable[None]:
+def nothing_sent(clean_queues) -> Iterable[None]:
     """Fails the test if any message reached the parking queue or the job queues."""
     yield
-    assert waiting(redis_client, [PARKING, *QUEUES.split(",")]) == 0, "a refused call published a message"
+    assert waiting([PARKING, *QUEUES.split(",")]) == 0, "a refused call published a message"
+
+
+def move_one(source: str, target: str) -> bool:
+    """Move a message waiting in ``source``, unchanged, to ``target`` (whether there was one).
+
+    What a worker of ``source`` would have taken; on either broker, through
+    the platform's own publisher (which declares ``target`` on RabbitMQ).
+    """
+    with app.connection_for_write() as conn:
+        channel = conn.channel()
+        try:
+            message = Queue(source).bind(channel).get(no_ack=False)
+            if message is None:
+                return False
+            publish_task_message(
+                conn.Producer(channel),
+                message.headers,
+                message.body,
+                queue=target,
+                priority=message.properties.get("priority"),
+                queue_max_priority=settings.BROKER_QUEUE_MAX_PRIORITY,
+            )
+            message.ack()
+            return True
+        finally:
+            channel.close()
 
 
 # --- Refused at once, nothing published -------------------------------------------------
@@ -77,7 +112,7 @@ def test_an_unknown_job_is_refused_at_once(client, nothing_sent):
     assert "reports.run_summary" in message  # the known jobs, to spot the typo
 
 
-def test_a_job_only_the_database_knows_is_unknown_to_the_client(client, redis_client, nothing_sent):
+def test_a_job_only_the_database_knows_is_unknown_to_the_client(client, nothing_sent):
     # The routing table is what the workers published to Redis, not a copy of the table.
     JobDefinition.objects.create(
         name="ghost.job",
@@ -116,7 +151,7 @@ def test_arguments_that_do_not_bind_are_refused_at_once(client, nothing_sent, ar
 @pytest.mark.parametrize(
     "options, field",
     [
-        pytest.param({"priority": 10}, "priority", id="priority above Redis's 9"),
+        pytest.param({"priority": TOO_HIGH}, "priority", id="priority above the broker's highest"),
         pytest.param({"priority": -1}, "priority", id="negative priority"),
         pytest.param({"priority": True}, "priority", id="priority not a number"),
         pytest.param(
@@ -170,7 +205,7 @@ def test_the_routing_table_is_the_catalog_the_workers_published(client, redis_cl
     assert client.dispatch(names.HEARTBEAT, queue=PARKING).queue == PARKING
 
 
-def test_the_message_carries_priority_limits_and_origin(client, redis_client):
+def test_the_message_carries_priority_limits_and_origin(client):
     sent = client.dispatch(
         names.DIAGNOSTICS_SLEEP,
         kwargs={"seconds": 1},
@@ -180,11 +215,8 @@ def test_the_message_carries_priority_limits_and_origin(client, redis_client):
         hard_time_limit=8,
     )
 
-    assert redis_client.llen(PARKING) == 0
-    (raw,) = redis_client.lrange(f"{PARKING}{SEP}3", 0, -1)
-    message = json.loads(raw)
-    assert message["properties"]["priority"] == 3
-    headers = message["headers"]
+    assert waiting_priorities(PARKING) == {sent.run_id: 3}
+    (headers,) = waiting_messages(PARKING)
     assert (headers["id"], headers["task"], headers["timelimit"]) == (
         sent.run_id,
         "diagnostics.sleep",
@@ -266,11 +298,11 @@ def test_a_run_does_not_start_before_its_countdown_or_eta(worker, client, clean_
     assert run.origin == RunOrigin.CLIENT
 
 
-def test_a_message_that_expires_before_a_worker_takes_it_is_recorded_missed(worker, client, redis_client):
+def test_a_message_that_expires_before_a_worker_takes_it_is_recorded_missed(worker, client):
     sent = client.dispatch(names.HEARTBEAT, queue=PARKING, expires=1)
     time.sleep(1.5)
     # A worker of the parking queue comes up too late: the message reaches the worker's queue expired.
-    assert redis_client.rpoplpush(PARKING, "heartbeat") is not None
+    assert move_one(PARKING, "heartbeat")
 
     run = wait_for_run(sent.run_id, timeout=20)
     assert (run.status, run.error_type) == (RunStatus.MISSED, "StartingDeadlineExceeded")
