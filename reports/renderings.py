@@ -14,6 +14,13 @@ digits (JSON: as a string, as Django's encoder does; XLSX: as a number, which
 Excel holds as a double); a UUID as its text; a float that is not finite as
 an empty cell (JSON has no NaN). Anything else is written as ``str(value)``.
 
+In CSV, a text cell that a spreadsheet would take for a formula (its first
+character ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) is written
+after a ``'``, as OWASP advises against CSV injection: a report opened in
+Excel never runs what a row held (``"=HYPERLINK(…)"``). Only text: numbers,
+negative ones too, are written as they are. XLSX writes every text cell as
+a string, never as a formula; JSON and HTML have no formulas.
+
 Limits, checked as rows arrive, so a report that breaks one stops there:
 
 - XLSX holds at most 1,048,575 data rows under its header (Excel's sheet
@@ -114,6 +121,17 @@ def text_value(value: Any) -> str:
     return str(value)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> str:
+    """``value`` as a CSV cell: its text, after a ``'`` when it is text a spreadsheet would evaluate."""
+    text = text_value(value)
+    if isinstance(value, str) and text.startswith(FORMULA_STARTS):
+        return "'" + text
+    return text
+
+
 def window_text(meta: ReportMeta) -> str:
     if meta.window_start is None and meta.window_end is None:
         return "(none)"
@@ -167,7 +185,7 @@ class CsvRendering(Rendering):
         self.writer.writerow(self.columns)
 
     def write(self, row: Sequence[Any]) -> None:
-        self.writer.writerow([text_value(v) for v in row])
+        self.writer.writerow([csv_cell(v) for v in row])
         self.rows += 1
 
     def finish(self) -> int:

@@ -84,10 +84,21 @@ def test_csv_has_the_columns_then_every_row_quoted_by_the_csv_module(reports_dir
         str(ORDER_ID),
         'says "hi"\nthen leaves',
     ]
-    assert lines[2] == ["<script>alert(1)</script>", "0", "", "", "", "=1+1"]  # None: an empty cell
+    # None: an empty cell; text a spreadsheet would evaluate: after a "'" (CSV injection)
+    assert lines[2] == ["<script>alert(1)</script>", "0", "", "", "", "'=1+1"]
     assert lines[3] == ["Zoë & Co", "7", "2.5", "2026-11-01", "plain", "True"]
     assert len(lines) == 4
     assert csv_file.rows == 3 and csv_file.size_bytes == len(content(csv_file))
+
+
+@pytest.mark.parametrize("text", ['=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"])
+def test_csv_text_a_spreadsheet_would_evaluate_is_written_after_a_quote(reports_dir, run, text):
+    csv_file = store(run, ["csv"], rows=[[text, -5, Decimal("-1.5"), None, None, "a=b"]])["csv"]
+
+    lines = list(csv.reader(io.StringIO(content(csv_file).decode("utf-8"), newline="")))
+
+    # Numbers are not text: a negative one is written as it is, as is text with "=" inside.
+    assert lines[1] == ["'" + text, "-5", "-1.5", "", "", "a=b"]
 
 
 # --- JSON --------------------------------------------------------------------------------
