@@ -32,6 +32,13 @@ result backend, Redis, counts the parts; there is no barrier of ours).
   the chunk's sentence. Nothing is stored: no partial file is ever passed
   off as the whole report.
 
+- **A run that ended meanwhile** (replaced by a newer slot, recorded lost):
+  a chunk that starts after it reads nothing and raises ``ChunkFailed``
+  ("… not computed: its run is failed"), so the chord stops at the first
+  such chunk and ``chunks_failed`` cleans up, ending nothing; a merge that
+  finds its run ended stores and delivers nothing. No file or delivery is
+  ever made for a run that is not running.
+
 Either way the parts are deleted and the chunks' results are removed from
 the result backend (its keys do not expire) before the run ends; after a
 failure, what Celery keeps of the failed chord is removed a few seconds
@@ -271,6 +278,8 @@ def run_chunk(
     spec = REPORTS[report]
     pk_range = PkRange(low, high)
     reported = counted  # rows of this chunk already in the run's progress (earlier attempts)
+    if (status := runs.current_status(run_id)) != RunStatus.RUNNING:
+        raise ChunkFailed(f"{chunk_name(index, count, pk_range)} not computed: its run is {status}")
     if spec.max_concurrency is not None and not take_chunk_place(self, spec, waits):
         raise self.retry(
             countdown=random.uniform(*CHUNK_PLACE_WAIT_SECONDS),  # noqa: S311 (jitter, not secrets)
@@ -357,6 +366,11 @@ def merge_parts(
     """The chord's callback: the parts in order into the report's files; ends the run."""
     spec = REPORTS[report]
     storage = reports_storage()
+    if (current := runs.current_status(run_id)) != RunStatus.RUNNING:
+        logger.warning("report %s run %s: its run is %s; its parts are not merged", report, run_id, current)
+        delete_parts(storage, run_id)
+        forget_results(chunk_ids)
+        return
     parts = sorted(results, key=lambda r: r["index"])
     the_window = Window.from_json(window)
     status = RunStatus.SUCCEEDED

@@ -258,3 +258,30 @@ def test_a_report_s_max_concurrency_lets_that_many_of_its_chunks_read_at_once(re
     assert max(held) == 1  # chunks read one at a time, on a worker with two processes
     assert csv_rows(report_storage, done)[1:] == expected_csv(job_name, inputs)[1:]
     assert not ConcurrencyLease.objects.filter(key=chunk_places_key(report)).exists()  # all given back
+
+
+def test_chunks_of_a_run_that_ended_meanwhile_compute_nothing_and_leave_nothing(
+    reports_ready, report_storage, redis_client, worker
+):
+    from django.utils import timezone
+
+    from jobs.runs import end_replaced_runs
+
+    job_name, _ = input_runs(6 * CHUNK_SIZE)  # six chunks of ~2 s on a worker with two processes
+    run = dispatch(REPORT, kwargs={"job_name": job_name, "pause_per_row": 0.002, **WINDOW})
+    deadline = time.monotonic() + 60
+    while not JobRun.objects.filter(pk=run.pk, progress_done__gt=0).exists():
+        assert time.monotonic() < deadline, "the first chunks never moved the progress"
+        time.sleep(0.1)
+
+    # A newer slot replaces it (overlap "replace"), while its first chunks run and four wait.
+    assert end_replaced_runs([run.pk], timezone.now()) == 1
+    worker.wait_for_log("not computed: its run is failed", timeout=60)
+
+    deadline = time.monotonic() + 30  # the chord's error callback cleans up once a chunk failed
+    while Path(report_storage.path(f"parts/{run.pk}")).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ended = JobRun.objects.get(pk=run.pk)
+    assert (ended.status, ended.error_type) == (RunStatus.FAILED, "Replaced")  # its record is kept
+    assert not ReportFile.objects.filter(run=run.pk).exists()
+    assert_cleaned_up(report_storage, redis_client, ended, 6)
