@@ -149,7 +149,32 @@ def _fail_fast(producer: Producer) -> None:
     # caller keeps the runs in the outbox and tries later instead.
     connection = producer.connection
     assert connection is not None  # a pooled producer is bound to its connection
+    closed = _closed_by_the_broker(connection)
+    if closed:
+        connection.collect()  # as after a failed publish: connected again just below
     connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+    if closed:
+        producer.revive(connection.default_channel)  # its channel was the closed connection's
+
+
+def _closed_by_the_broker(connection: Connection) -> bool:
+    """Whether RabbitMQ closed this kept connection since its last use (a restart, an operator).
+
+    RabbitMQ says so in a frame the client reads only when it next reads:
+    until then kombu counts the connection as connected, and the next publish
+    would fail on it and leave its runs to the outbox. Read what is pending
+    now, without waiting. On Redis nothing to do: redis-py reconnects a dead
+    socket and retries the command by itself.
+    """
+    if connection.transport.driver_type != "amqp" or not connection.connected:
+        return False
+    try:
+        connection.drain_events(timeout=0)  # a producer's connection has no consumers to deliver to
+    except TimeoutError:  # nothing pending (socket.timeout): still open
+        return False
+    except connection.connection_errors:
+        return True
+    return False
 
 
 _write_connections: dict[tuple[int, str], Connection] = {}
@@ -191,9 +216,10 @@ def publish_runs(app: Celery, runs: Sequence[PublishableRun]) -> int:
     batches). Writes nothing: the caller's outbox batch says what is still to
     be sent (``send_batch``). Raises the broker's error if it cannot take them.
 
-    A kept connection that died since its last use (Redis restarted) is
-    reconnected by redis-py's retry on the next command, so the caller does
-    not see it (``tests/test_dispatch.py`` pins this).
+    A kept connection the broker closed since its last use (it restarted) is
+    connected again, so the caller does not see it: by redis-py's retry on
+    the next command, on RabbitMQ by ``_fail_fast`` reading the broker's close
+    first (``tests/test_dispatch.py`` pins this on both).
     """
     queued = [r for r in runs if r.status == RunStatus.QUEUED]
     if not queued:

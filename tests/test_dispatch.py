@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import shutil
+import subprocess
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -10,9 +11,11 @@ from django.utils import timezone
 
 import jobs.dispatch
 from jobs.dispatch import Delivery, dispatch
+from jobs.limits import broker_is_redis
 from jobs.models import JobDefinition, JobRun, OutboxBatch
 from jobs.publishing import kept_producer
 from scheduler.celery import app
+from tests.support.queues import empty_queues, queued_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,14 +25,10 @@ OTHER_QUEUE = "dispatch-tests-other"
 
 
 @pytest.fixture
-def queues(catalog, redis_client):
-    redis_client.delete(QUEUE, OTHER_QUEUE)
+def queues(catalog):
+    empty_queues([QUEUE, OTHER_QUEUE])
     yield
-    redis_client.delete(QUEUE, OTHER_QUEUE)
-
-
-def published_ids(redis_client, queue: str = QUEUE) -> list[str]:
-    return [json.loads(message)["headers"]["id"] for message in redis_client.lrange(queue, 0, -1)]
+    empty_queues([QUEUE, OTHER_QUEUE])
 
 
 def define(name: str, parameters: list[dict], queue: str = QUEUE) -> None:
@@ -84,7 +83,7 @@ def test_arguments_its_copy_refuses_are_judged_again_by_the_newer_catalog(queues
     assert run.kwargs == {"note": "refund"}
 
 
-def test_it_takes_a_republished_queue_once_its_copy_expires(queues, monkeypatch, redis_client):
+def test_it_takes_a_republished_queue_once_its_copy_expires(queues, monkeypatch):
     define("billing.charge", [AMOUNT])
     assert dispatch("billing.charge", [1]).queue == QUEUE
     republish_elsewhere("billing.charge", queue=OTHER_QUEUE)
@@ -94,7 +93,7 @@ def test_it_takes_a_republished_queue_once_its_copy_expires(queues, monkeypatch,
     run = dispatch("billing.charge", [3])
 
     assert run.queue == OTHER_QUEUE
-    assert published_ids(redis_client, OTHER_QUEUE) == [str(run.pk)]
+    assert queued_ids(OTHER_QUEUE) == [str(run.pk)]
 
 
 def test_a_catalog_saved_in_this_process_is_seen_at_once(queues):
@@ -111,21 +110,27 @@ def test_it_sends_over_a_kept_connection_that_died_without_falling_back_to_the_o
     assert first.delivery == Delivery.SENT
     with kept_producer(app) as producer:
         ours = _local_addresses(producer)
-    # As when Redis restarts between two dispatches: the kept sockets are dead.
-    killed = [c["addr"] for c in redis_client.client_list() if c["addr"] in ours]
-    for address in killed:
-        redis_client.client_kill(address)
+    # As when the broker restarts between two dispatches: it closed the kept connection.
+    if broker_is_redis():
+        killed = [c["addr"] for c in redis_client.client_list() if c["addr"] in ours]
+        for address in killed:
+            redis_client.client_kill(address)
+    else:
+        killed = _close_rabbitmq_connections(ours)
     assert killed
 
     second = dispatch("heartbeat", queue=QUEUE)
 
-    assert second.delivery == Delivery.SENT
-    assert published_ids(redis_client) == [str(second.pk), str(first.pk)]
+    assert second.delivery == Delivery.SENT, second.delivery_error
+    assert sorted(queued_ids(QUEUE)) == sorted([str(first.pk), str(second.pk)])
     assert not OutboxBatch.objects.exists()
 
 
 def _local_addresses(producer) -> set[str]:
-    """``host:port`` of the Redis client sockets behind ``producer``'s channel."""
+    """``host:port`` of the client sockets behind ``producer``'s channel (Redis's pool, or the AMQP one)."""
+    if not broker_is_redis():
+        host, port = producer.connection.connection.sock.getsockname()[:2]
+        return {f"{host}:{port}"}
     pool = producer.channel.client.connection_pool
     addresses = set()
     for connection in [*pool._available_connections, *pool._in_use_connections]:
@@ -133,3 +138,32 @@ def _local_addresses(producer) -> set[str]:
             host, port = connection._sock.getsockname()[:2]
             addresses.add(f"{host}:{port}")
     return addresses
+
+
+def _close_rabbitmq_connections(addresses: set[str]) -> list[str]:
+    """Have RabbitMQ close the client connections from ``addresses`` (as a restart does): their names.
+
+    Through ``rabbitmqctl`` on this machine (CI's RabbitMQ is local, and this
+    is how CI sets up its virtual host); only these connections, never the server.
+    """
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("closing a connection from RabbitMQ's side needs rabbitmqctl, for the local server")
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "name"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    closed = []
+    for line in listed.splitlines():
+        pid, _, name = line.partition("\t")
+        if name.split(" -> ")[0] in addresses:
+            subprocess.run(
+                ["rabbitmqctl", "-q", "close_connection", pid, "closed by tests/test_dispatch.py"],
+                capture_output=True,
+                check=True,
+                timeout=60,
+            )
+            closed.append(name)
+    return closed

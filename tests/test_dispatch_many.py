@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from jobs.dispatch import Delivery, dispatch_many
+from jobs.limits import broker_is_redis
 from jobs.models import JobRun, OutboxBatch, RunOrigin, RunStatus
 from jobs.publishing import publish_outbox
 from scheduler.celery import app
 from tests.support.broker import app_broker, closed_port_url
+from tests.support.queues import empty_queues, queued_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -21,21 +21,17 @@ QUEUE = "dispatch-many-tests"
 
 
 @pytest.fixture
-def queue(catalog, redis_client):
-    redis_client.delete(QUEUE)
+def queue(catalog):
+    empty_queues([QUEUE])
     yield QUEUE
-    redis_client.delete(QUEUE)
-
-
-def published_ids(redis_client) -> list[str]:
-    return [json.loads(message)["headers"]["id"] for message in redis_client.lrange(QUEUE, 0, -1)]
+    empty_queues([QUEUE])
 
 
 def sleeps(n: int) -> list[tuple[list, dict]]:
     return [([], {"seconds": i / 10}) for i in range(n)]
 
 
-def test_it_records_and_publishes_each_run_once(queue, redis_client):
+def test_it_records_and_publishes_each_run_once(queue):
     runs = dispatch_many("diagnostics.sleep", sleeps(50), queue=queue, requested_by="fan-out")
 
     assert [run.delivery for run in runs] == [Delivery.SENT] * 50
@@ -45,11 +41,11 @@ def test_it_records_and_publishes_each_run_once(queue, redis_client):
     assert {(r.status, r.queue, r.origin, r.requested_by, r.hard_time_limit) for r in stored.values()} == {
         (RunStatus.QUEUED, queue, RunOrigin.CLIENT, "fan-out", 90)
     }
-    assert sorted(published_ids(redis_client)) == sorted(str(run.pk) for run in runs)
+    assert sorted(queued_ids(QUEUE)) == sorted(str(run.pk) for run in runs)
     assert not OutboxBatch.objects.exists()
 
 
-def test_it_refuses_the_whole_batch_when_one_call_is_invalid(queue, redis_client):
+def test_it_refuses_the_whole_batch_when_one_call_is_invalid(queue):
     calls = [*sleeps(3), ([], {"seconds": "abc"}), *sleeps(3)]
 
     with pytest.raises(ValidationError, match=r"call 3 of diagnostics\.sleep: .*expected number"):
@@ -57,7 +53,7 @@ def test_it_refuses_the_whole_batch_when_one_call_is_invalid(queue, redis_client
 
     assert not JobRun.objects.exists()
     assert not OutboxBatch.objects.exists()
-    assert published_ids(redis_client) == []
+    assert queued_ids(QUEUE) == []
 
 
 def test_it_refuses_an_unknown_job_before_recording_anything(queue):
@@ -67,35 +63,35 @@ def test_it_refuses_an_unknown_job_before_recording_anything(queue):
     assert not JobRun.objects.exists()
 
 
-def test_with_the_broker_down_it_keeps_every_run_in_one_outbox_batch(queue, redis_client):
-    with app_broker(closed_port_url()):
+def test_with_the_broker_down_it_keeps_every_run_in_one_outbox_batch(queue):
+    with app_broker(closed_port_url(scheme="redis" if broker_is_redis() else "amqp")):
         runs = dispatch_many("diagnostics.sleep", sleeps(5), queue=queue)
 
     assert {run.delivery for run in runs} == {Delivery.OUTBOX}
     assert all(run.delivery_error for run in runs)
     assert [batch.run_ids for batch in OutboxBatch.objects.all()] == [[str(run.pk) for run in runs]]
     assert JobRun.objects.filter(status=RunStatus.QUEUED).count() == 5
-    assert published_ids(redis_client) == []
+    assert queued_ids(QUEUE) == []
 
     assert publish_outbox(app) == 5
-    assert sorted(published_ids(redis_client)) == sorted(str(run.pk) for run in runs)
+    assert sorted(queued_ids(QUEUE)) == sorted(str(run.pk) for run in runs)
     assert not OutboxBatch.objects.exists()
 
 
-def test_inside_a_callers_transaction_it_sends_at_commit_and_nothing_on_rollback(queue, redis_client):
+def test_inside_a_callers_transaction_it_sends_at_commit_and_nothing_on_rollback(queue):
     with transaction.atomic():
         runs = dispatch_many("diagnostics.sleep", sleeps(2), queue=queue)
         assert [run.delivery for run in runs] == [Delivery.AT_COMMIT] * 2
-        assert published_ids(redis_client) == []
+        assert queued_ids(QUEUE) == []
     assert [run.delivery for run in runs] == [Delivery.SENT] * 2
-    assert sorted(published_ids(redis_client)) == sorted(str(run.pk) for run in runs)
+    assert sorted(queued_ids(QUEUE)) == sorted(str(run.pk) for run in runs)
 
-    redis_client.delete(QUEUE)
+    empty_queues([QUEUE])
     with pytest.raises(RuntimeError), transaction.atomic():
         dispatch_many("diagnostics.sleep", sleeps(2), queue=queue)
         raise RuntimeError("the caller changes its mind")
     assert JobRun.objects.count() == 2
-    assert published_ids(redis_client) == []
+    assert queued_ids(QUEUE) == []
 
 
 def test_it_records_nothing_for_no_calls(queue):
