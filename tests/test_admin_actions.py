@@ -24,7 +24,7 @@ from scheduler.models import ScheduleChange, SchedulePolicy
 from tests.support.broker import app_broker, closed_port_url
 from tests.support.queues import empty_queues, waiting_messages
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 CHANGELIST = "/admin/django_celery_beat/periodictask/"

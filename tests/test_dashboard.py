@@ -23,7 +23,7 @@ from scheduler import charts, dashboard
 from scheduler.models import BeatLease, SchedulePolicy
 from tests.support.queues import empty_queues, waiting_priorities
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.broker, pytest.mark.django_db]
 
 URL = "/admin/dashboard/"
 QUEUE = "dashboard_test_q"

@@ -38,7 +38,7 @@ from scheduler.celery import app
 from tests.conftest import wait_for_run
 from tests.support.processes import Service, children_of, start_worker
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 KEY = "tests.limited"
 LIMITED = names.DIAGNOSTICS_TWO_AT_A_TIME

@@ -27,7 +27,7 @@ from scheduler.services import run_schedules_now
 from tests.conftest import wait_for_run
 from tests.support.queues import empty_queues, waiting_priorities
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("catalog")]
+pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("catalog")]
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 QUEUE = "priority-tests"  # no worker consumes it

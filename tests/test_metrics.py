@@ -35,7 +35,7 @@ from scheduler.metrics import (
 from scheduler.models import BeatLease, SchedulePolicy
 from tests.support.queues import empty_queues, queue_length
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.broker, pytest.mark.django_db]
 
 URL = "/metrics"
 TOKEN = "s3cret-metrics-token"

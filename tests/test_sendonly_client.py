@@ -21,7 +21,7 @@ from django.conf import settings
 from jobs.models import JobRun, RunOrigin, RunStatus
 from tests.conftest import wait_for_run
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 

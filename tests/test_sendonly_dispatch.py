@@ -41,7 +41,7 @@ from tests.conftest import wait_for_run
 from tests.support.processes import QUEUES
 from tests.support.queues import empty_queues, queue_length, waiting_messages, waiting_priorities
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("catalog")]
+pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("catalog")]
 
 PARKING = "sendonly-tests-parking"  # no worker consumes it
 # One above the highest priority the broker takes (Redis: 9; RabbitMQ: the queues' x-max-priority).
