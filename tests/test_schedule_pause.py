@@ -17,6 +17,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from jobs.models import JobRun, RunStatus
 from scheduler.models import CatchUp, SchedulePolicy
 from scheduler.services import duplicate_schedule, pause_schedules, resume_schedules
+from tests.support.queues import empty_queues, queue_length
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("catalog")]
 
@@ -26,8 +27,8 @@ MINUTE = timedelta(minutes=1)
 
 
 @pytest.fixture
-def engine(beat_engine, redis_client):
-    redis_client.delete(QUEUE)
+def engine(beat_engine):
+    empty_queues([QUEUE])
     return beat_engine
 
 
@@ -126,7 +127,7 @@ def test_a_duplicate_is_a_disabled_copy_under_a_free_name():
 # --- the beat engine ---------------------------------------------------------------------
 
 
-def test_paused_slots_are_recorded_skipped_with_the_note_and_nothing_is_published(engine, redis_client):
+def test_paused_slots_are_recorded_skipped_with_the_note_and_nothing_is_published(engine):
     task = every_minute()
     engine.load(now=T0)
     pause(task, T0 + timedelta(seconds=30))
@@ -136,7 +137,7 @@ def test_paused_slots_are_recorded_skipped_with_the_note_and_nothing_is_publishe
     assert runs_of(task) == [
         (T0 + m * MINUTE, RunStatus.SKIPPED, "paused by alice: deploy freeze") for m in (1, 2, 3)
     ]
-    assert redis_client.llen(QUEUE) == 0
+    assert queue_length(QUEUE) == 0
 
 
 def test_a_schedule_resumed_by_hand_runs_its_next_slot_and_catches_up_nothing(engine):

@@ -23,6 +23,7 @@ from jobs.catalog import publish_catalog
 from scheduler.celery import app
 from scheduler.models import ScheduleChange
 from tests.support.processes import Service, celery
+from tests.support.queues import empty_queues, queue_length
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -223,13 +224,13 @@ def wait_until(condition, timeout: float, what: str, service: Service) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_a_stock_beat_process_dispatches_and_syncs(service_env, logs_dir, redis_client):
+def test_a_stock_beat_process_dispatches_and_syncs(service_env, logs_dir):
     """``celery beat -S django_celery_beat.schedulers:DatabaseScheduler`` on our database.
 
     Its first dispatch syncs at once (``_last_sync`` is unset) and SIGTERM syncs
     again, so both the valid task and the legacy one must have their runs stored.
     """
-    redis_client.delete(STOCK_QUEUE)
+    empty_queues([STOCK_QUEUE])
     every_second = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS)
     valid = PeriodicTask.objects.create(
         name="stock valid", task="heartbeat", interval=every_second, queue=STOCK_QUEUE
@@ -257,11 +258,11 @@ def test_a_stock_beat_process_dispatches_and_syncs(service_env, logs_dir, redis_
         assert "Message Error" not in log, log[-4000:]  # what an exception in the dispatch-time sync logs
         # No result backend, no celery.backend_cleanup entry for our validation to refuse.
         assert "backend_cleanup" not in log, log[-4000:]
-        assert redis_client.llen(STOCK_QUEUE) >= 2
+        assert queue_length(STOCK_QUEUE) >= 2
         for task in (valid, legacy):
             stored = PeriodicTask.objects.get(pk=task.pk)
             assert stored.total_run_count >= 1, f"{task.name}: run not stored\n{log[-4000:]}"
             assert stored.last_run_at is not None
         assert change_count() == changes_before, "the stock scheduler's bookkeeping was recorded as changes"
     finally:
-        redis_client.delete(STOCK_QUEUE)
+        empty_queues([STOCK_QUEUE])
