@@ -28,7 +28,7 @@ from scheduler.celery import app
 from scheduler.models import Overlap, SchedulePolicy
 from tests.conftest import wait_for_run
 from tests.support.processes import Service
-from tests.support.schedules import queued_ids
+from tests.support.queues import queued_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -167,7 +167,7 @@ def test_a_newer_slot_terminates_the_running_run_and_runs_itself(replacing_sched
     )
 
 
-def test_a_replaced_run_that_was_still_queued_never_starts(replacing_schedule, worker, redis_client):
+def test_a_replaced_run_that_was_still_queued_never_starts(replacing_schedule, worker):
     # Keep both pool processes busy, so the schedule's runs wait in the queue.
     blockers = [
         dispatch(JOB, kwargs={"seconds": SLEEP_SECONDS}, soft_time_limit=SOFT_TIME_LIMIT,
@@ -182,7 +182,7 @@ def test_a_replaced_run_that_was_still_queued_never_starts(replacing_schedule, w
         timeout=EVERY_SECONDS + 5,
         what="the schedule's first slot is claimed",
     )
-    assert str(first.pk) in queued_ids(redis_client, "default")
+    assert str(first.pk) in queued_ids("default")
 
     replaced = wait_for_run(first.pk, timeout=EVERY_SECONDS + 5)
     assert replaced.status == RunStatus.SKIPPED
@@ -190,7 +190,7 @@ def test_a_replaced_run_that_was_still_queued_never_starts(replacing_schedule, w
 
     terminate(blocker.pk for blocker in blockers)
     wait_until(
-        lambda: True if str(first.pk) not in queued_ids(redis_client, "default") else None,
+        lambda: True if str(first.pk) not in queued_ids("default") else None,
         timeout=10,
         what="the worker has taken the replaced run's message",
     )

@@ -26,7 +26,7 @@ from jobs.dispatch import dispatch
 from jobs.models import ACTIVE_STATUSES, JobRun, RunStatus
 from scheduler.celery import app
 from tests.conftest import wait_for_run
-from tests.support.schedules import queued_ids
+from tests.support.queues import queued_ids
 from tests.test_overlap_replace import pool_process_running, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -93,14 +93,12 @@ def test_a_terminated_running_run_is_recorded_failed_and_the_worker_serves_the_n
 
 
 @pytest.mark.parametrize("terminate", [False, True], ids=["revoke", "revoke-terminate"])
-def test_a_revoked_queued_run_is_recorded_skipped_and_never_starts(
-    worker, sleeps_end, redis_client, terminate
-):
+def test_a_revoked_queued_run_is_recorded_skipped_and_never_starts(worker, sleeps_end, terminate):
     # Both pool processes busy (prefetch 1, late acks): the next message waits in the broker.
     blockers = [sleep_run() for _ in range(2)]
     busy = [wait_for_run(b.pk, statuses={RunStatus.RUNNING}, timeout=15) for b in blockers]
     waiting = dispatch(JOB, kwargs={"seconds": 0})
-    assert str(waiting.pk) in queued_ids(redis_client, "default")
+    assert str(waiting.pk) in queued_ids("default")
 
     revoke([waiting.pk], busy[0].worker, terminate=terminate)
     revoke([b.pk for b in blockers], busy[0].worker, terminate=True)
