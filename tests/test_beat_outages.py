@@ -1,8 +1,9 @@
 """Beat through outages: Redis stopped for 30 s, the database unreachable for 30 s.
 
 Real beat subprocesses. Redis is a server this test starts on its own port
-(append-only, so it keeps its queue across the restart); the database outage
-is a TCP proxy in front of the test database that the test cuts.
+(append-only, so it keeps its queue across the restart): Redis as the broker
+only. The database outage is a TCP proxy in front of the test database that
+the test cuts, on either broker.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import time
 from datetime import timedelta
 
 import pytest
-import redis
 from django.db import connection
 from django.utils import timezone
 
+from jobs.limits import broker_is_redis
 from jobs.models import JobRun, OutboxBatch, RunStatus
 from scheduler.embedded_redis import start_embedded_redis
+from tests.support.broker import app_broker
 from tests.support.processes import free_port, start_beat
-from tests.support.schedules import assert_no_holes, make_interval_schedules, queued_ids, slots_by_schedule
+from tests.support.queues import empty_queues, queued_ids
+from tests.support.schedules import assert_no_holes, make_interval_schedules, slots_by_schedule
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -36,6 +39,12 @@ def floor_to(seconds: int):
     return now - timedelta(seconds=now.timestamp() % seconds)
 
 
+@pytest.mark.skipif(
+    not broker_is_redis(),
+    reason="Redis only: stops the Redis broker this test starts (the RabbitMQ is the machine's, never "
+    "stopped); on RabbitMQ, tests/test_rabbitmq.py sends what the outbox kept while the broker was down, "
+    "and tests/test_dispatch.py publishes over a kept connection the broker closed",
+)
 def test_beat_survives_a_redis_outage_and_publishes_every_claimed_slot(
     service_env, logs_dir, tmp_path, catalog
 ):
@@ -59,8 +68,8 @@ def test_beat_survives_a_redis_outage_and_publishes_every_claimed_slot(
         assert beat.process.poll() is None
     finally:
         beat.stop()
-        client = redis.Redis(port=port)
-        published = queued_ids(client, queue)
+        with app_broker(f"redis://127.0.0.1:{port}/0"):
+            published = queued_ids(queue)
         broker.terminate()
         broker.wait(timeout=10)
 
@@ -80,12 +89,12 @@ def test_beat_survives_a_redis_outage_and_publishes_every_claimed_slot(
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL over TCP to cut")
 def test_beat_waits_out_a_database_outage_and_records_the_slots_it_could_not_run(
-    service_env, logs_dir, redis_client, catalog
+    service_env, logs_dir, catalog
 ):
     settings_dict = connection.settings_dict
     proxy = TcpProxy(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432))
     queue = "outage-db"
-    redis_client.delete(queue)
+    empty_queues([queue])
     ids = make_interval_schedules(50, EVERY, floor_to(EVERY), queue, prefix="db-outage")
     url = service_env["DATABASE_URL"].replace(f":{settings_dict['PORT'] or 5432}/", f":{proxy.port}/")
     assert str(proxy.port) in url
