@@ -1,6 +1,6 @@
 """Several beats, SIGKILL of the leader, restarts: each slot exactly once, none lost.
 
-Real beat subprocesses against the test database and Redis. The schedules'
+Real beat subprocesses against the test database and broker. The schedules'
 messages go to queues no worker consumes, so the queue itself shows what was
 published. Duplicate runs for one slot are impossible by the unique
 constraint; what these tests prove is that no slot is missing, every claimed
@@ -23,7 +23,8 @@ from django.utils import timezone
 from jobs.models import JobRun, OutboxBatch, RunStatus
 from scheduler.models import BeatLease
 from tests.support.processes import start_beat
-from tests.support.schedules import assert_no_holes, make_interval_schedules, queued_ids, slots_by_schedule
+from tests.support.queues import empty_queues, queued_ids
+from tests.support.schedules import assert_no_holes, make_interval_schedules, slots_by_schedule
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -59,18 +60,18 @@ def leader(beats, timeout: float = 30.0):
     raise AssertionError(f"none of {[b.process.pid for b in beats]} leads; lease: {lease}")
 
 
-def assert_every_run_published_once(redis_client, queue: str, task_ids) -> int:
+def assert_every_run_published_once(queue: str, task_ids) -> int:
     runs = JobRun.objects.filter(schedule_id__in=task_ids, status=RunStatus.QUEUED)
     assert not OutboxBatch.objects.exists(), "a claimed run never left the outbox"
-    in_queue = Counter(queued_ids(redis_client, queue))
+    in_queue = Counter(queued_ids(queue))
     expected = {str(pk) for pk in runs.values_list("pk", flat=True)}
     assert expected <= set(in_queue), f"{len(expected - set(in_queue))} claimed runs are not in the broker"
     return sum(count - 1 for count in in_queue.values())  # republished by the outbox
 
 
-def test_two_beats_dispatch_every_slot_exactly_once(ha_env, logs_dir, redis_client, catalog):
+def test_two_beats_dispatch_every_slot_exactly_once(ha_env, logs_dir, catalog):
     queue = "ha-two-beats"
-    redis_client.delete(queue)
+    empty_queues([queue])
     every = 20  # three slots of 1,000 schedules each within about a minute
     anchor = floor_to(every)
     ids = make_interval_schedules(1000, every, anchor, queue, prefix="two")
@@ -85,15 +86,15 @@ def test_two_beats_dispatch_every_slot_exactly_once(ha_env, logs_dir, redis_clie
             beat.stop()
 
     assert_no_holes(ids, every, first, last)
-    duplicates = assert_every_run_published_once(redis_client, queue, ids)
+    duplicates = assert_every_run_published_once(queue, ids)
     assert duplicates == 0, "two beats published the same run"
-    assert len(queued_ids(redis_client, queue)) == 3000
+    assert len(queued_ids(queue)) == 3000
 
 
 @pytest.mark.timeout(600)  # ten kills and restarts of real beats; slow on a busy machine
-def test_killing_the_leader_mid_burst_loses_and_duplicates_nothing(ha_env, logs_dir, redis_client, catalog):
+def test_killing_the_leader_mid_burst_loses_and_duplicates_nothing(ha_env, logs_dir, catalog):
     queue = "ha-kill"
-    redis_client.delete(queue)
+    empty_queues([queue])
     every = 6
     anchor = floor_to(every)
     ids = make_interval_schedules(5000, every, anchor, queue, prefix="kill")
@@ -136,12 +137,12 @@ def test_killing_the_leader_mid_burst_loses_and_duplicates_nothing(ha_env, logs_
     assert last - first >= timedelta(seconds=every * 9)
     assert_no_holes(ids, every, first, last)
     assert all(len([s for s in slots if s > last]) <= 1 for slots in found.values())
-    assert_every_run_published_once(redis_client, queue, ids)
+    assert_every_run_published_once(queue, ids)
 
 
-def test_a_restarted_beat_fires_no_slot_again(ha_env, logs_dir, redis_client, catalog):
+def test_a_restarted_beat_fires_no_slot_again(ha_env, logs_dir, catalog):
     queue = "ha-restart"
-    redis_client.delete(queue)
+    empty_queues([queue])
     anchor = floor_to(2)
     ids = make_interval_schedules(20, 2, anchor, queue, prefix="restart")
     beat = start_beat(ha_env, logs_dir, "restart-1")
@@ -162,4 +163,4 @@ def test_a_restarted_beat_fires_no_slot_again(ha_env, logs_dir, redis_client, ca
     # No slot twice (unique), none published twice, and none skipped across the restart
     # except as recorded (catch-up): every slot has exactly one run.
     assert_no_holes(ids, 2, first, last)
-    assert assert_every_run_published_once(redis_client, queue, ids) == 0
+    assert assert_every_run_published_once(queue, ids) == 0

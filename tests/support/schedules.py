@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -79,7 +78,3 @@ def assert_no_holes(task_ids, every_seconds: int, first: datetime, last: datetim
         f"{len(wrong)} of {len(task_ids)} schedules do not have exactly the slots "
         f"{expected[0]}..{expected[-1]}; e.g. {next(iter(wrong.items()))}"
     )
-
-
-def queued_ids(redis_client, queue: str) -> list[str]:
-    return [json.loads(m)["headers"]["id"] for m in redis_client.lrange(queue, 0, -1)]
