@@ -21,7 +21,7 @@ from scheduler.models import CatchUp, SchedulePolicy
 from scheduler.services import update_schedules
 from tests.support.queues import empty_queues, queued_ids
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

@@ -17,7 +17,7 @@ from jobs.publishing import kept_producer
 from scheduler.celery import app
 from tests.support.queues import empty_queues, queued_ids
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 # No test worker consumes these queues, so they hold exactly what was published.
 QUEUE = "dispatch-tests"

@@ -14,7 +14,7 @@ from scheduler.celery import app
 from tests.support.broker import app_broker, closed_port_url
 from tests.support.queues import empty_queues, queued_ids
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.broker, pytest.mark.django_db(transaction=True)]
 
 # No test worker consumes this queue, so it holds exactly what was published.
 QUEUE = "dispatch-many-tests"

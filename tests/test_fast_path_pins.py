@@ -49,7 +49,7 @@ from scheduler.models import CatchUp, Overlap, SchedulePolicy
 from settings.celery_app import app
 from tests.support.queues import empty_queues
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.broker, pytest.mark.django_db]
 
 SLOT = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 ORIGIN = f"beatplatform@{socket.gethostname()}"  # what publish_runs passes
