@@ -4,29 +4,35 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0011_job_concurrency_and_rate_limit'),
+        ("jobs", "0011_job_concurrency_and_rate_limit"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='RunTally',
+            name="RunTally",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('job', models.CharField(blank=True, max_length=200)),
-                ('status', models.CharField(blank=True, max_length=20)),
-                ('runs', models.BigIntegerField(default=0)),
-                ('duration_count', models.BigIntegerField(default=0)),
-                ('duration_sum_ms', models.BigIntegerField(default=0)),
-                ('lateness_count', models.BigIntegerField(default=0)),
-                ('lateness_sum_ms', models.BigIntegerField(default=0)),
-                ('duration_buckets', models.JSONField(default=list)),
-                ('lateness_buckets', models.JSONField(default=list)),
-                ('tallied_before', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("job", models.CharField(blank=True, max_length=200)),
+                ("status", models.CharField(blank=True, max_length=20)),
+                ("runs", models.BigIntegerField(default=0)),
+                ("duration_count", models.BigIntegerField(default=0)),
+                ("duration_sum_ms", models.BigIntegerField(default=0)),
+                ("lateness_count", models.BigIntegerField(default=0)),
+                ("lateness_sum_ms", models.BigIntegerField(default=0)),
+                ("duration_buckets", models.JSONField(default=list)),
+                ("lateness_buckets", models.JSONField(default=list)),
+                ("tallied_before", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('job', 'status'), name='one_tally_per_job_status')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("job", "status"), name="one_tally_per_job_status")
+                ],
             },
         ),
     ]
