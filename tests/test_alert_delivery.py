@@ -22,6 +22,7 @@ from alerts.delivery import backoff, deliver_due, enqueue, retry_now, routed_cha
 from alerts.models import Channel, Incident, Notification
 from jobs.catalog import publish_catalog
 from tests.support.alert_receivers import WebhookReceiver, failed_incident
+from tests.support.threads import at_once
 
 pytestmark = pytest.mark.django_db
 
@@ -284,21 +285,7 @@ def test_two_concurrent_deliverers_send_each_notification_once(receivers):
         enqueue(incident, "trigger", now=T0)
     assert Notification.objects.count() == 40
 
-    barrier = threading.Barrier(2)
-    sent: list[int] = []
-
-    def deliverer() -> None:
-        try:
-            barrier.wait()
-            sent.append(deliver_due(now=T0, limit=100))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=deliverer) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    sent = at_once(*[lambda: deliver_due(now=T0, limit=100)] * 2)
     assert sum(sent) == 40, sent
     received = Counter(r.json["notification_id"] for r in first.requests + second.requests)
     assert set(received) == set(Notification.objects.values_list("pk", flat=True))

@@ -10,7 +10,6 @@ with the number of schedules.
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
@@ -25,6 +24,7 @@ from jobs.catalog import publish_catalog
 from jobs.models import JobRun, RunStatus, WorkerPresence
 from scheduler.models import BeatLease, SchedulePolicy
 from scheduler.services import pause_schedules, resume_schedules
+from tests.support.threads import at_once
 
 pytestmark = pytest.mark.django_db
 
@@ -553,25 +553,10 @@ def test_two_detectors_racing_open_one_incident_and_queue_one_notification():
     schedules = [make_schedule(f"race-{i}") for i in range(20)]
     for schedule in schedules:
         ended(schedule, RunStatus.FAILED, slot=now - timedelta(seconds=3))
-    reports, errors = [], []
-    barrier = threading.Barrier(2)
-
-    def detect(moment) -> None:
-        try:
-            barrier.wait()
-            reports.append(Detector().run_cycle(moment))
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            connection.close()
-
+    reports = []
     for moment in (now + timedelta(seconds=1), now + timedelta(seconds=2)):
-        threads = [threading.Thread(target=detect, args=(moment,)) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    assert not errors, errors
+        # Two detectors' cycles at once; neither may raise.
+        reports += at_once(*[lambda at=moment: Detector().run_cycle(at)] * 2)
     assert Incident.objects.count() == 20
     assert Notification.objects.filter(event="trigger").count() == 20
     assert Flip.objects.count() == 20
@@ -592,24 +577,8 @@ def test_two_detectors_grouping_one_outage_open_each_grouped_incident_once():
             scheduled_for=now - timedelta(seconds=90),
             status=RunStatus.QUEUED,
         )
-    errors = []
-    barrier = threading.Barrier(2)
-
-    def detect(moment) -> None:
-        try:
-            barrier.wait()
-            Detector().run_cycle(moment)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=detect, args=(now + timedelta(milliseconds=i),)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    # Two detectors' cycles a millisecond apart, at once; neither may raise.
+    at_once(lambda: Detector().run_cycle(now), lambda: Detector().run_cycle(now + timedelta(milliseconds=1)))
     system = Incident.objects.get(kind="no_worker")
     grouped = Incident.objects.filter(kind="missed")
     assert grouped.count() == 200 and set(grouped.values_list("cause_id", flat=True)) == {system.pk}

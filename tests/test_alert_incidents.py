@@ -9,7 +9,6 @@ by themselves.
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
@@ -22,6 +21,7 @@ from alerts.incidents import NewIncident, schedule_scope
 from alerts.maintenance import MaintenanceError, active_mute_for, active_mutes, end_mute, mute
 from alerts.models import Channel, Flip, Health, Incident, Notification, ScheduleHealth
 from jobs.catalog import publish_catalog
+from tests.support.threads import at_once
 
 pytestmark = pytest.mark.django_db
 
@@ -178,24 +178,8 @@ def test_threads_opening_the_same_outage_get_one_incident_and_one_page():
     Channel.objects.create(name="on-call", kind="webhook", target="http://127.0.0.1:9/", is_default=True)
     every, _ = IntervalSchedule.objects.get_or_create(every=60, period=IntervalSchedule.SECONDS)
     schedule = PeriodicTask.objects.create(name="raced", task="heartbeat", interval=every)
-    barrier = threading.Barrier(8)
-    opened, errors = [], []
 
-    def race() -> None:
-        try:
-            barrier.wait()
-            opened.append(incidents.open_incident(new(schedule), now=timezone.now()))
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=race) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    opened = at_once(*[lambda: incidents.open_incident(new(schedule), now=timezone.now())] * 8)  # none raises
     assert len([i for i in opened if i is not None]) == 1
     assert Incident.objects.count() == 1 and Notification.objects.count() == 1 and Flip.objects.count() == 1
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
@@ -15,6 +13,7 @@ from jobs.models import JobRun, RunOrigin, RunStatus
 from tests.conftest import wait_for_run
 from tests.support.api_client import ApiClient, token_for, user_with
 from tests.support.queues import empty_queues
+from tests.support.threads import at_once
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -138,23 +137,11 @@ def test_a_refused_call_does_not_spend_its_key(runner):
 
 def test_concurrent_calls_with_one_key_start_one_run(runner):
     body = {"kwargs": {"seconds": 0}, "queue": IDLE_QUEUE}
-    barrier = threading.Barrier(4)
-    ids: list[str] = []
 
-    def call() -> None:
-        try:
-            barrier.wait()
-            ids.append(
-                runner.post("jobs/diagnostics.sleep/runs", body, **{"Idempotency-Key": "race"}).json()["id"]
-            )
-        finally:
-            connection.close()
+    def call() -> str:
+        return runner.post("jobs/diagnostics.sleep/runs", body, **{"Idempotency-Key": "race"}).json()["id"]
 
-    threads = [threading.Thread(target=call) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    ids = at_once(*[call] * 4)
     assert len(ids) == 4 and len(set(ids)) == 1
     assert JobRun.objects.count() == 1
 

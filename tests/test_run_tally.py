@@ -9,7 +9,6 @@ ending after being left out of the tally, two processes advancing at once.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta
 
 import pytest
@@ -19,6 +18,7 @@ from django.utils import timezone
 from jobs import tally
 from jobs.models import JobRun, RunStatus, RunTally
 from jobs.runs import RunError, record_from_main_process
+from tests.support.threads import at_once
 
 pytestmark = pytest.mark.django_db
 
@@ -132,27 +132,15 @@ def test_the_histograms_buckets_come_back_from_the_tally_cumulative(history):
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="row locks across two connections")
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks across two connections")
 def test_two_processes_advancing_at_once_add_each_run_once():
     for minutes in range(1, 40):
         ended("heartbeat", RunStatus.SUCCEEDED, timedelta(hours=1, minutes=minutes))
     RunTally.objects.get_or_create(job="", status="")  # both find the watermark row
     now = timezone.now()
-    results: list[bool] = []
-    start = threading.Barrier(2)
 
-    def advance() -> None:
-        try:
-            start.wait()
-            results.append(tally.advance(now))
-        finally:
-            connection.close()
+    results = at_once(lambda: tally.advance(now), lambda: tally.advance(now), timeout=30)
 
-    threads = [threading.Thread(target=advance) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
     assert sorted(results) == [False, True]
     assert RunTally.objects.get(job="heartbeat", status=RunStatus.SUCCEEDED).runs == 39
     assert_counts_match_a_full_scan()
