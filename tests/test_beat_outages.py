@@ -15,10 +15,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from jobs.limits import broker_is_redis
 from jobs.models import JobRun, OutboxBatch, RunStatus
 from scheduler.embedded_redis import start_embedded_redis
-from tests.support.broker import app_broker
+from tests.support.broker import app_broker, redis_broker_only
 from tests.support.processes import free_port, start_beat
 from tests.support.queues import empty_queues, queued_ids
 from tests.support.schedules import assert_no_holes, make_interval_schedules, slots_by_schedule
@@ -39,9 +38,8 @@ def floor_to(seconds: int):
     return now - timedelta(seconds=now.timestamp() % seconds)
 
 
-@pytest.mark.skipif(
-    not broker_is_redis(),
-    reason="Redis only: stops the Redis broker this test starts (the RabbitMQ is the machine's, never "
+@redis_broker_only(
+    "Redis only: stops the Redis broker this test starts (the RabbitMQ is the machine's, never "
     "stopped); on RabbitMQ, tests/test_rabbitmq.py sends what the outbox kept while the broker was down, "
     "and tests/test_dispatch.py publishes over a kept connection the broker closed",
 )

@@ -18,16 +18,15 @@ from django.conf import settings
 from kombu import Connection, Queue
 from kombu.pidbox import Mailbox
 
-from jobs.limits import broker_is_redis
 from scheduler.embedded_redis import start_embedded_redis
+from tests.support.broker import redis_broker_only
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.skipif(
-    not broker_is_redis(),
-    reason="our transport is chosen for a redis:// BROKER_URL only; with RabbitMQ the app uses kombu's "
+@redis_broker_only(
+    "our transport is chosen for a redis:// BROKER_URL only; with RabbitMQ the app uses kombu's "
     "py-amqp transport (the test below runs on its own embedded Redis either way)",
 )
 def test_the_app_uses_our_transport_for_redis_urls():

@@ -28,18 +28,17 @@ import pytest
 import redis
 
 from jobs.dispatch import dispatch
-from jobs.limits import broker_is_redis
 from jobs.models import JobRun, RunStatus, WorkerPresence
 from scheduler.celery import app
 from tests.conftest import wait_for_run
+from tests.support.broker import redis_broker_only
 from tests.support.processes import Service, celery, children_of
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not broker_is_redis(),
-        reason="redelivery after the visibility timeout (kombu's unacked hash) is a Redis transport "
+    redis_broker_only(
+        "redelivery after the visibility timeout (kombu's unacked hash) is a Redis transport "
         "behaviour; RabbitMQ redelivers only when the consumer's connection goes: "
         "tests/test_rabbitmq.py::test_a_killed_workers_message_comes_back_at_once_and_its_run_is_lost_in_"
         "minutes_not_hours covers it",

@@ -23,19 +23,18 @@ import redis
 from celery import Celery
 from django.utils import timezone
 
-from jobs.limits import broker_is_redis
 from jobs.models import JobRun, RunStatus
 from jobs.publishing import publish_runs
 from scheduler.embedded_redis import start_embedded_redis
 from tests.conftest import wait_for_run
+from tests.support.broker import redis_broker_only
 from tests.support.processes import QUEUES, Service, celery, free_port, start_worker
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not broker_is_redis(),
-        reason="stops and restarts a Redis broker of its own (our Redis transport's recovery mid-job); "
+    redis_broker_only(
+        "stops and restarts a Redis broker of its own (our Redis transport's recovery mid-job); "
         "RabbitMQ's side: tests/test_rabbitmq.py and tests/test_dispatch.py (a connection the broker closed)",
     ),
 ]

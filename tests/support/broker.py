@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
+from jobs.limits import broker_is_redis
 from tests.support.processes import free_port
 
 _URL_KEYS = ("broker_url", "broker_write_url")
@@ -38,3 +41,11 @@ def closed_port_url(credentials: str = "", scheme: str = "redis") -> str:
     """A broker URL on a loopback port where nothing listens, as when the broker is down."""
     path = "/0" if scheme == "redis" else "//"
     return f"{scheme}://{credentials}127.0.0.1:{free_port()}{path}"
+
+
+def redis_broker_only(reason: str) -> pytest.MarkDecorator:
+    """Skip a test (or, as ``pytestmark``, a module) unless Redis is the broker; ``reason`` says why.
+
+    For tests of Redis-transport behaviour; the reason names what covers RabbitMQ.
+    """
+    return pytest.mark.skipif(not broker_is_redis(), reason=reason)
