@@ -18,8 +18,9 @@ reports it (``jobs.runs.record_from_main_process``). So:
 - ``run_counts`` reads the tally and the watermark in one statement (one
   snapshot) and aggregates only the runs not in it: ended at or after the
   watermark, without an ending time (not ended yet; both through the
-  ``run_by_finish`` index), or ``lost``. Every run is counted exactly once against the watermark that
-  statement read, even when another process advances it meanwhile.
+  ``run_by_finish`` index), or ``lost``. Every run is counted exactly once
+  against the watermark that statement read, even when another process
+  advances it meanwhile.
 
 The first advance tallies every run that ended before ``now - GRACE`` (one
 scan of the run table, as every scrape cost before); later ones read at least
